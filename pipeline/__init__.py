@@ -1,0 +1,1 @@
+"""Scene-scale engine: lazy scenes, global tile grid, blended inference, products, training data."""

@@ -1,0 +1,169 @@
+"""Validated configuration of a detection run (pydantic), loadable from YAML with overrides.
+
+Every section forbids unknown keys, so a typo names the field instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OpticalConfig(_Section):
+    """How optical digital numbers become model input."""
+
+    bands: list[int] | None = Field(
+        default=None, description="1-based band indexes; None takes the first 3 (or the only one)."
+    )
+    scale: float | Literal["auto"] = Field(
+        default="auto",
+        description="DN per unit reflectance; auto: 10000 for (u)int16, 255 for uint8, 1 for float.",
+    )
+    max_reflectance: float = Field(default=0.5, gt=0, description="Reflectance clip before scaling.")
+    nodata: float | None = Field(default=None, description="Overrides the file's nodata value.")
+
+
+class SarConfig(_Section):
+    """How SAR backscatter becomes model input (σ⁰ in dB, clipped)."""
+
+    bands: list[int] | None = Field(default=None, description="1-based band indexes (1 or 2).")
+    units: Literal["auto", "linear", "amplitude", "db"] = "auto"
+    db_range: tuple[float, float] = (-25.0, 5.0)
+    nodata: float | None = Field(default=None, description="Overrides the file's nodata value.")
+
+    @field_validator("bands")
+    @classmethod
+    def _one_or_two(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and not 1 <= len(v) <= 2:
+            raise ValueError("SAR takes 1 or 2 bands (e.g. [1] for VV, [1, 2] for VV+VH)")
+        return v
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> SarConfig:
+        lo, hi = self.db_range
+        if not lo < hi:
+            raise ValueError(f"db_range must be (low, high) with low < high, got {self.db_range}")
+        return self
+
+
+class GridConfig(_Section):
+    """What happens when the two scenes are on different grids."""
+
+    resampling: Literal["nearest", "bilinear", "cubic", "average"] = "bilinear"
+
+
+class TilingConfig(_Section):
+    """The global tile grid and the blocks (one task each) that group its tiles."""
+
+    tile: int = Field(default=256, ge=32, le=4096)
+    overlap: int = Field(default=64, ge=0)
+    block: int = Field(default=2048, ge=64, description="Block core size = output Zarr chunk size.")
+    min_valid_fraction: float = Field(default=0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TilingConfig:
+        if self.overlap >= self.tile:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than tile ({self.tile})")
+        return self
+
+
+class InferenceConfig(_Section):
+    """Where and how the model runs."""
+
+    batch_size: int = Field(default=8, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    prefetch: int = Field(default=2, ge=0, description="Batches the reader runs ahead of compute.")
+
+
+class ProductConfig(_Section):
+    """Which products are written and how."""
+
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    min_mapping_unit_px: int = Field(default=0, ge=0, description="Smaller polygons are dropped.")
+    cog_blocksize: int = Field(default=512, ge=64)
+    quicklook_max_size: int = Field(default=1024, ge=64)
+
+
+class DetectConfig(_Section):
+    """Everything that shapes a detection run's products (hashed into the run key)."""
+
+    optical: OpticalConfig = OpticalConfig()
+    sar: SarConfig = SarConfig()
+    grid: GridConfig = GridConfig()
+    tiling: TilingConfig = TilingConfig()
+    inference: InferenceConfig = InferenceConfig()
+    products: ProductConfig = ProductConfig()
+    max_pixels: int = Field(
+        default=50_000 * 50_000, gt=0, description="Scenes larger than this are refused up front."
+    )
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    """{"tiling.tile": 512} -> {"tiling": {"tile": 512}} (CLI and flow parameters)."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per bad field: its dotted path, the problem and the allowed values."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return f"{source}: invalid config\n  " + "\n  ".join(lines)
+
+
+def load_detect_config(
+    source: str | Path | dict[str, Any] | None = None, overrides: dict[str, Any] | None = None
+) -> DetectConfig:
+    """Load a DetectConfig from a YAML file, a named config in configs/pipeline/, or a dict."""
+    data: dict[str, Any] = {}
+    label = "config"
+    if isinstance(source, dict):
+        data = source
+    elif source is not None:
+        path = Path(source)
+        if not path.suffix and (CONFIG_DIR / "pipeline" / f"{source}.yaml").exists():
+            path = CONFIG_DIR / "pipeline" / f"{source}.yaml"
+        if not path.exists():
+            raise ConfigError(f"{path}: config file not found")
+        label = str(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if overrides:
+        data = _deep_merge(data, dotted_to_nested(overrides))
+    try:
+        return DetectConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, label)) from None

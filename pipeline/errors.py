@@ -1,0 +1,24 @@
+"""Errors users are expected to see: each names the file or URI and the problem."""
+
+from __future__ import annotations
+
+
+class M2CDError(Exception):
+    """Base for expected failures: the CLI prints the message without a traceback."""
+
+
+class InputError(M2CDError):
+    """A bad input: missing, unreadable, wrong shape or bands, grids that do not overlap."""
+
+    def __init__(self, source: str, problem: str):
+        self.source = source
+        self.problem = problem
+        super().__init__(f"{source}: {problem}")
+
+
+class ConfigError(M2CDError):
+    """A config value that is not allowed; the message names the field and the allowed values."""
+
+
+class OutputExistsError(M2CDError):
+    """A finished product exists and --overwrite was not given."""
