@@ -28,17 +28,34 @@ class OpticalConfig(_Section):
     )
     scale: float | Literal["auto"] = Field(
         default="auto",
-        description="DN per unit reflectance; auto: 10000 for (u)int16, 255 for uint8, 1 for float.",
+        description=(
+            "DN per unit reflectance; auto: 10000 for (u)int16, 255/max_reflectance for uint8"
+            " (8-bit full scale maps onto the clip), 1 for float."
+        ),
     )
     max_reflectance: float = Field(default=0.5, gt=0, description="Reflectance clip before scaling.")
     nodata: float | None = Field(default=None, description="Overrides the file's nodata value.")
+
+    @field_validator("scale")
+    @classmethod
+    def _positive_scale(cls, v: float | str) -> float | str:
+        if v != "auto" and not v > 0:
+            raise ValueError(f"scale must be > 0 or 'auto', got {v}")
+        return v
 
 
 class SarConfig(_Section):
     """How SAR backscatter becomes model input (σ⁰ in dB, clipped)."""
 
     bands: list[int] | None = Field(default=None, description="1-based band indexes (1 or 2).")
-    units: Literal["auto", "linear", "amplitude", "db"] = "auto"
+    units: Literal["auto", "linear", "amplitude", "db"] = Field(
+        default="auto",
+        description="auto: integer → amplitude; float with median < 0 or values < -1 → db; else linear.",
+    )
+    amplitude_scale: float | Literal["auto"] = Field(
+        default="auto",
+        description="Amplitude units: σ⁰ = (A / scale)²; auto: dtype max for integers, 1 for float.",
+    )
     db_range: tuple[float, float] = (-25.0, 5.0)
     nodata: float | None = Field(default=None, description="Overrides the file's nodata value.")
 
@@ -54,6 +71,8 @@ class SarConfig(_Section):
         lo, hi = self.db_range
         if not lo < hi:
             raise ValueError(f"db_range must be (low, high) with low < high, got {self.db_range}")
+        if self.amplitude_scale != "auto" and not self.amplitude_scale > 0:
+            raise ValueError(f"amplitude_scale must be > 0 or 'auto', got {self.amplitude_scale}")
         return self
 
 
@@ -93,8 +112,13 @@ class ProductConfig(_Section):
 
     threshold: float = Field(default=0.5, gt=0, lt=1)
     min_mapping_unit_px: int = Field(default=0, ge=0, description="Smaller polygons are dropped.")
-    cog_blocksize: int = Field(default=512, ge=64)
+    cog_blocksize: int = Field(
+        default=512, ge=64, le=4096, multiple_of=16, description="COG tile size (GeoTIFF: ×16)."
+    )
     quicklook_max_size: int = Field(default=1024, ge=64)
+    wgs84_geojson: bool = Field(
+        default=False, description="Also write change_wgs84.geojson (RFC 7946 lon/lat)."
+    )
 
 
 class DetectConfig(_Section):
@@ -133,12 +157,30 @@ def dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per bad field: its dotted path, the problem and the allowed values."""
+def _allowed_keys(model: type[BaseModel] | None, path: tuple[Any, ...]) -> list[str] | None:
+    """The field names of the section at `path` inside `model` (None when it cannot be followed)."""
+    for part in path:
+        field = model.model_fields.get(str(part)) if model is not None else None
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+    return list(model.model_fields) if model is not None else None
+
+
+def format_validation_error(
+    exc: ValidationError, source: str, model: type[BaseModel] | None = None
+) -> str:
+    """One line per bad field: its dotted path, the problem and the allowed values.
+
+    With `model`, an unknown key also lists the keys its section allows (typos name the fix).
+    """
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+        line = f"{loc}: {err['msg']} (got {err.get('input')!r})"
+        if err["type"] == "extra_forbidden" and (keys := _allowed_keys(model, err["loc"][:-1])):
+            line += f"; allowed keys: {', '.join(keys)}"
+        lines.append(line)
     return f"{source}: invalid config\n  " + "\n  ".join(lines)
 
 
@@ -166,4 +208,4 @@ def load_detect_config(
     try:
         return DetectConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, label)) from None
+        raise ConfigError(format_validation_error(exc, label, DetectConfig)) from None
