@@ -1,0 +1,128 @@
+"""Finished products of a run, derived at finalize from the complete `change.zarr` store.
+
+`write_products` makes one chunk-by-chunk pass over the store that feeds the two COG writers and the
+polygon builder at once, then builds the COGs' overviews, the quicklook and the STAC Item. Everything
+is built in a work directory (inside `out_prefix` when it is local, so the final moves are atomic
+renames; a system temp dir for `s3://`, then one upload per file) and published only once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import rasterio
+
+from pipeline.config import ProductConfig
+from pipeline.products.cog import GDAL_ENV, MASK_LAYER, PROBABILITY_LAYER, TiledWriter, to_cog
+from pipeline.products.metadata import ProductMetadata, redact_uri
+from pipeline.products.polygons import GeoJSONWriter, Part, PolygonBuilder
+from pipeline.products.quicklook import write_quicklook
+from pipeline.products.source import check_layout, iter_blocks, open_store
+from pipeline.products.stac import ChangeSummary, build_item, write_item
+from pipeline.storage import is_remote, join, put_file_atomic
+
+__all__ = ["ProductMetadata", "redact_uri", "write_products", "PRODUCT_FILES"]
+
+# STAC asset key → file name under the output prefix (item.json is the catalogue entry itself).
+PRODUCT_FILES = {
+    "probability": "change_prob.tif",
+    "mask": "change_mask.tif",
+    "polygons": "change.geojson",
+    "quicklook": "quicklook.png",
+    "item": "item.json",
+}
+WGS84_GEOJSON = "change_wgs84.geojson"  # optional: ProductConfig.wgs84_geojson
+_INTERMEDIATE_BLOCK = 512
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _workdir(out_prefix: str) -> Iterator[Path]:
+    """A scratch dir on the same filesystem as a local prefix (atomic renames), else system temp."""
+    if is_remote(out_prefix):
+        with tempfile.TemporaryDirectory(prefix="m2cd-products-") as tmp:
+            yield Path(tmp)
+        return
+    root = Path(out_prefix.removeprefix("file://"))
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".products-{uuid.uuid4().hex}.tmp"
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(local: Path, out_prefix: str, name: str) -> str:
+    uri = join(out_prefix, name)
+    if is_remote(out_prefix):
+        put_file_atomic(local, uri)
+    else:
+        os.replace(local, uri)
+    return uri
+
+
+def write_products(
+    store_uri: str, out_prefix: str, meta: ProductMetadata, cfg: ProductConfig
+) -> dict[str, str]:
+    """Write COGs, polygons, quicklook and STAC Item of a finished store; return asset → URI.
+
+    Memory is bounded by one Zarr chunk plus GDAL's 64 MiB block cache, whatever the scene size.
+    Raises InputError when the store is missing or not on the grid described by `meta`.
+    """
+    group = open_store(store_uri)
+    chunks = check_layout(group, store_uri, meta.shape)
+    files = dict(PRODUCT_FILES)
+    if cfg.wgs84_geojson and meta.crs is None:
+        log.warning("%s: no CRS, so no change_wgs84.geojson is written", meta.optical_uri)
+    elif cfg.wgs84_geojson:
+        files = {"polygons_wgs84": WGS84_GEOJSON, **files}
+    with _workdir(out_prefix) as tmp, rasterio.Env(**GDAL_ENV):
+        prob_tiled, mask_tiled = tmp / "prob.tiled.tif", tmp / "mask.tiled.tif"
+        mmu = cfg.min_mapping_unit_px
+        with contextlib.ExitStack() as stack:
+            prob_out = stack.enter_context(
+                TiledWriter(prob_tiled, PROBABILITY_LAYER, meta, _INTERMEDIATE_BLOCK)
+            )
+            mask_out = stack.enter_context(
+                TiledWriter(mask_tiled, MASK_LAYER, meta, _INTERMEDIATE_BLOCK)
+            )
+            gj = stack.enter_context(GeoJSONWriter(tmp / files["polygons"], meta, mmu))
+            writers = [gj]
+            if "polygons_wgs84" in files:
+                path = tmp / files["polygons_wgs84"]
+                writers.append(stack.enter_context(GeoJSONWriter(path, meta, mmu, wgs84=True)))
+
+            def emit(part: Part) -> None:
+                for writer in writers:
+                    writer.write(part)
+
+            polygons = PolygonBuilder(meta.shape, emit)
+            for block in iter_blocks(group, chunks):
+                prob_out.write(block.row_off, block.col_off, block.probability)
+                mask_out.write(block.row_off, block.col_off, block.mask)
+                polygons.add(block)
+            polygons.finish()
+        to_cog(prob_tiled, tmp / files["probability"], PROBABILITY_LAYER, cfg.cog_blocksize)
+        prob_tiled.unlink()
+        to_cog(mask_tiled, tmp / files["mask"], MASK_LAYER, cfg.cog_blocksize)
+        mask_tiled.unlink()
+        write_quicklook(meta, tmp / files["mask"], tmp / files["quicklook"], cfg.quicklook_max_size)
+        summary = ChangeSummary(
+            changed_px=gj.changed_px,
+            changed_m2=round(gj.changed_m2, 3) if gj.areas.has_area else None,
+            polygon_count=gj.count,
+            min_mapping_unit_px=mmu,
+            threshold=cfg.threshold,
+        )
+        assets = ["zarr", *(k for k in files if k != "item")]
+        write_item(build_item(meta, assets, summary), tmp / files["item"])
+        # item.json last (dict order): its presence means every asset it lists is in place.
+        return {key: _publish(tmp / name, out_prefix, name) for key, name in files.items()}

@@ -1,0 +1,68 @@
+"""Chunk-by-chunk reads of the finished `change.zarr` store.
+
+Every product is derived from one pass over the store, one Zarr chunk at a time, so the memory of
+finalize is bounded by a chunk (the engine's block) and never by the scene.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+
+from pipeline.errors import InputError
+from pipeline.products.zarr_store import MASK, PROBABILITY
+from pipeline.storage import zarr_store
+
+
+@dataclass(frozen=True)
+class Block:
+    """One chunk of the store: its pixel offset in the scene and its two layers."""
+
+    row_off: int
+    col_off: int
+    probability: np.ndarray  # float32, NaN = nodata
+    mask: np.ndarray  # uint8, 0/1, 255 = nodata
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.mask.shape  # type: ignore[return-value]
+
+
+def open_store(store_uri: str) -> zarr.Group:
+    """Open the engine's Zarr v3 group read-only (local path or s3:// through pipeline.storage)."""
+    try:
+        return zarr.open_group(zarr_store(store_uri, read_only=True), mode="r", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise InputError(store_uri, f"no Zarr group found ({exc})") from None
+
+
+def check_layout(group: zarr.Group, store_uri: str, shape: tuple[int, int]) -> tuple[int, int]:
+    """Check the store holds probability + mask on the expected grid; return the chunk shape."""
+    for name in (PROBABILITY, MASK):
+        if name not in group:
+            raise InputError(store_uri, f"the Zarr store has no '{name}' array")
+        arr = group[name]
+        if tuple(arr.shape) != tuple(shape):
+            raise InputError(
+                store_uri, f"'{name}' has shape {tuple(arr.shape)}, expected the scene grid {shape}"
+            )
+    return tuple(group[MASK].chunks)  # type: ignore[return-value]
+
+
+def iter_blocks(group: zarr.Group, chunks: tuple[int, int]) -> Iterator[Block]:
+    """Yield the store chunk by chunk in row-major order (deterministic product order)."""
+    prob, mask = group[PROBABILITY], group[MASK]
+    height, width = mask.shape
+    ch, cw = chunks
+    for r0 in range(0, height, ch):
+        for c0 in range(0, width, cw):
+            sl = (slice(r0, min(r0 + ch, height)), slice(c0, min(c0 + cw, width)))
+            yield Block(
+                row_off=r0,
+                col_off=c0,
+                probability=np.asarray(prob[sl], dtype=np.float32),
+                mask=np.asarray(mask[sl], dtype=np.uint8),
+            )
