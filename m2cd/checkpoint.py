@@ -1,0 +1,128 @@
+"""Checkpoints: a directory with ``weights.safetensors`` + ``checkpoint.json``; never unpickles.
+
+The digest (SHA-256 of the weights file) identifies a model everywhere (products, registry, cache);
+loading refuses a checkpoint whose weights no longer match it (tampered or truncated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "m2cd-checkpoint/1"
+WEIGHTS = "weights.safetensors"
+META = "checkpoint.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the path and the problem."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """``sha256:<hex>`` of the checkpoint's weights file (computed, not read from the JSON)."""
+    weights = Path(path) / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: not a checkpoint directory ({WEIGHTS} missing)")
+    return _sha256(weights)
+
+
+def save_checkpoint(
+    model: nn.Module, path: str | Path, provenance: dict[str, Any] | None = None
+) -> str:
+    """Write the checkpoint (files replaced atomically, weights first) and return its digest."""
+    from safetensors.torch import save_file
+
+    config = getattr(model, "config", None)
+    if config is None:
+        raise CheckpointError(f"{path}: model has no .config (build it with m2cd.build_model)")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp_w = path / f".{WEIGHTS}.{os.getpid()}.tmp"
+    save_file(state, str(tmp_w))
+    digest = _sha256(tmp_w)
+    import timm
+
+    meta = {
+        "format": FORMAT,
+        "model": config.model_dump(mode="json"),
+        "provenance": {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            **(provenance or {}),
+        },
+        "digest": digest,
+    }
+    tmp_m = path / f".{META}.{os.getpid()}.tmp"
+    tmp_m.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp_w, path / WEIGHTS)
+    os.replace(tmp_m, path / META)
+    return digest
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The parsed checkpoint.json, checked for format and keys."""
+    meta_path = Path(path) / META
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path}: not a checkpoint directory ({META} missing)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path}: unknown format (expected {FORMAT!r})")
+    for key in ("model", "digest"):
+        if key not in meta:
+            raise CheckpointError(f"{meta_path}: missing key {key!r}")
+    return meta
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Verify the digest, rebuild the model from its config, load the weights; eval mode.
+
+    A distillation teacher named in the config is not attached (inference does not need it).
+    """
+    from safetensors.torch import load_file
+
+    from m2cd.model import build_model
+
+    path = Path(path)
+    meta = read_checkpoint_meta(path)
+    actual = checkpoint_digest(path)
+    if actual != meta["digest"]:
+        raise CheckpointError(
+            f"{path / WEIGHTS}: digest mismatch (recorded {meta['digest']}, file {actual}); "
+            "the weights were modified or truncated"
+        )
+    try:
+        model = build_model(meta["model"], with_teacher=False)
+    except ValueError as exc:
+        raise CheckpointError(f"{path / META}: invalid model config: {exc}") from exc
+    device = str(map_location)
+    try:
+        state = load_file(str(path / WEIGHTS), device=device)
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path / WEIGHTS}: unreadable safetensors file ({exc})") from exc
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path / WEIGHTS}: weights do not fit the config (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
+    return model.to(map_location).eval()

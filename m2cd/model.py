@@ -1,0 +1,167 @@
+"""M²CD and its Siamese baselines (MoE disabled): shared encoder, per-stage MoE, MLP decoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from m2cd.backbones import build_encoder
+from m2cd.config import ModelConfig, load_model_config
+from m2cd.decoder import MLPDecoder
+from m2cd.distill import Teacher, build_teacher
+from m2cd.losses import distill_kl
+from m2cd.moe import MoE
+from m2cd.o2sp import guide_loss, pseudo_sar
+
+
+class M2CD(nn.Module):
+    """``model(optical, sar)``: eval → logits N×classes×H×W; train → (logits, aux losses).
+
+    Inputs are normalised float tensors of any size; they are padded (zeros, bottom/right) to the
+    backbone multiple and the logits are cropped back. In eval mode the two branches run as one
+    batch (fewer, larger kernels); in training they run separately so that BatchNorm statistics and
+    MoE balance statistics are per branch, as in the official code. O2SP never runs in eval mode.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        bands = config.bands
+        self.encoder = build_encoder(
+            config.backbone, bands.optical_channels, bands.sar_channels, bands.separate_stems
+        )
+        chans = self.encoder.channels
+        m = config.moe
+        self.moes = (
+            nn.ModuleList(
+                [
+                    MoE(c, m.experts, m.top_k, m.mid_ratio, m.noisy_gating, m.balance_weight)
+                    for c in chans
+                ]
+            )
+            if m.enabled
+            else None
+        )
+        self.decoder = MLPDecoder(
+            tuple(2 * c for c in chans), config.decoder.channels, config.decoder.num_classes
+        )
+        object.__setattr__(self, "_teacher", None)  # outside the module tree: never saved
+
+    # -- teacher ---------------------------------------------------------------------------------
+    @property
+    def teacher(self) -> Teacher | None:
+        return self._teacher
+
+    def attach_teacher(self, teacher: Teacher | None) -> None:
+        object.__setattr__(self, "_teacher", teacher)
+
+    def update_teacher(self) -> None:
+        """Call after each optimiser step (moves an EMA teacher; no-op otherwise)."""
+        if self._teacher is not None:
+            self._teacher.update(self)
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def _check(self, optical: Tensor, sar: Tensor) -> tuple[Tensor, Tensor]:
+        b = self.config.bands
+        if optical.dim() != 4 or sar.dim() != 4:
+            raise ValueError(
+                f"expected N×C×H×W tensors, got optical {tuple(optical.shape)}, sar {tuple(sar.shape)}"
+            )
+        if optical.shape[0] != sar.shape[0] or optical.shape[-2:] != sar.shape[-2:]:
+            raise ValueError(
+                f"optical {tuple(optical.shape)} and sar {tuple(sar.shape)} differ in N, H or W"
+            )
+        if sar.shape[1] == 1 and b.sar_channels > 1:
+            sar = sar.expand(-1, b.sar_channels, -1, -1)
+        if optical.shape[1] != b.optical_channels or sar.shape[1] != b.sar_channels:
+            raise ValueError(
+                f"model expects {b.optical_channels} optical and {b.sar_channels} SAR channels, "
+                f"got {optical.shape[1]} and {sar.shape[1]}"
+            )
+        return optical, sar
+
+    def _pad(self, x: Tensor) -> Tensor:
+        mult = self.config.pad_multiple
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % mult, (-w) % mult
+        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+    # -- encoder ---------------------------------------------------------------------------------
+    def _encode(self, stems: Tensor, losses: list[Tensor]) -> list[Tensor]:
+        """Stages (and MoEs) on already-stemmed input; appends balance losses in training."""
+        enc, feats, x = self.encoder, [], stems
+        for i in range(enc.num_stages):
+            x = enc.stage(i, x)
+            if self.moes is not None and enc.moe_in_path:
+                x, loss = self.moes[i](x)
+                if loss is not None:
+                    losses.append(loss)
+            feats.append(x)
+        if self.moes is not None and not enc.moe_in_path:
+            out = []
+            for i, f in enumerate(feats):
+                y, loss = self.moes[i](f)
+                if loss is not None:
+                    losses.append(loss)
+                out.append(y)
+            feats = out
+        return feats
+
+    def forward(self, optical: Tensor, sar: Tensor) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        optical, sar = self._check(optical, sar)
+        h, w = optical.shape[-2:]
+        opt_p, sar_p = self._pad(optical), self._pad(sar)
+        out_size = (opt_p.shape[-2] // 2, opt_p.shape[-1] // 2)
+        enc = self.encoder
+        aux: dict[str, Tensor] = {}
+        if not self.training:
+            n = optical.shape[0]
+            stems = torch.cat([enc.stem(opt_p, "optical"), enc.stem(sar_p, "sar")], dim=0)
+            feats = [torch.cat([f[:n], f[n:]], dim=1) for f in self._encode(stems, [])]
+        else:
+            balance: list[Tensor] = []
+            f_opt = self._encode(enc.stem(opt_p, "optical"), balance)
+            f_sar = self._encode(enc.stem(sar_p, "sar"), balance)
+            feats = [torch.cat([a, b], dim=1) for a, b in zip(f_opt, f_sar, strict=True)]
+            if self.config.o2sp.enabled:
+                f_pse = self._encode(
+                    enc.stem(pseudo_sar(opt_p, self.config.o2sp), "optical"), balance
+                )
+                aux["o2sp_guide"] = sum(
+                    guide_loss(a, b, c, self.config.o2sp)
+                    for a, b, c in zip(f_opt, f_sar, f_pse, strict=True)
+                )
+            if balance:
+                aux["moe_balance"] = torch.stack(balance).sum()
+        logits = self.decoder(feats, out_size)
+        logits = F.interpolate(logits, size=opt_p.shape[-2:], mode="bilinear", align_corners=False)
+        logits = logits[..., :h, :w]
+        if not self.training:
+            return logits
+        if self._teacher is not None and self.config.distill.weight > 0:
+            t_logits = self._teacher(optical, sar)
+            d = self.config.distill
+            aux["distill"] = d.weight * distill_kl(logits, t_logits, d.temperature)
+        return logits, aux
+
+
+def build_model(
+    name_or_config: str | Path | dict[str, Any] | ModelConfig = "m2cd_mit_b1",
+    *,
+    with_teacher: bool = True,
+    **overrides: Any,
+) -> M2CD:
+    """Build from a config name (configs/model/NAME.yaml), YAML path, dict or ModelConfig.
+
+    ``overrides`` are dotted (``**{"moe.enabled": False}``) or nested (``moe={"top_k": 1}``).
+    The teacher named in ``distill.teacher`` is attached unless ``with_teacher`` is False.
+    """
+    cfg = load_model_config(name_or_config, **overrides)
+    model = M2CD(cfg)
+    if with_teacher:
+        model.attach_teacher(build_teacher(cfg.distill, model))
+    return model

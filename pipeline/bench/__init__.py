@@ -1,0 +1,1 @@
+"""Benchmarks behind `m2cd bench ...`: each reports medians and a baseline measured in the same run."""

@@ -1,0 +1,79 @@
+"""`m2cd bench ...`: the `bench` sub-app (other benchmarks add their commands to ``bench_app``)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from pipeline.cli import app
+
+bench_app = typer.Typer(
+    help="Benchmarks (medians, with a baseline measured in the same run).", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("model")
+def bench_model(
+    model: str = typer.Option("m2cd_mit_b1", "--model", help="Named config in configs/model/."),
+    batch: int = typer.Option(8, "--batch", min=1),
+    size: int = typer.Option(256, "--size", min=32),
+    repeats: int = typer.Option(5, "--repeats", min=1),
+    warmup: int = typer.Option(2, "--warmup", min=0),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Eval-forward throughput (pairs/s) and GFLOP/s in fp32 and bf16 autocast vs the matmul peak."""
+    import torch
+
+    import m2cd
+    from pipeline.bench.model import format_table, run
+    from pipeline.errors import ConfigError
+
+    if model not in m2cd.available_configs():
+        raise ConfigError(
+            f"--model: unknown model config {model!r}; choose one of {m2cd.available_configs()}"
+        )
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device: {device!r} requested but CUDA is not available")
+    result = run(model, batch=batch, size=size, repeats=repeats, warmup=warmup, device=device)
+    typer.echo(json.dumps(result) if as_json else format_table(result))
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    model: str = typer.Option("m2cd_mit_b0", "--model", help="Named config (random weights)."),
+    size: int = typer.Option(2048, "--size", min=64, help="Synthetic scene side in pixels."),
+    tile: int = typer.Option(256, "--tile", min=32),
+    overlap: int = typer.Option(64, "--overlap", min=0),
+    block: int = typer.Option(2048, "--block", min=64),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    repeats: int = typer.Option(1, "--repeats", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """End-to-end detect tiles/s ÷ in-memory batched forward tiles/s (same tiles and model)."""
+    from pipeline.bench.pipeline import format_table, run
+
+    result = run(model, size, tile, overlap, block, batch_size, device, repeats)
+    typer.echo(json.dumps(result) if as_json else format_table(result))
+
+
+@bench_app.command("memory")
+def bench_memory(
+    small: int = typer.Option(4096, "--small", min=64, help="Side of the small scene."),
+    large: int = typer.Option(16384, "--large", min=64, help="Side of the large scene."),
+    model: str = typer.Option("tiny", "--model", help="A cheap named config (random weights)."),
+    tile: int = typer.Option(256, "--tile", min=32),
+    overlap: int = typer.Option(64, "--overlap", min=0),
+    block: int = typer.Option(2048, "--block", min=64),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Peak RSS of the large scene ÷ the small one, each detect in a fresh subprocess."""
+    from pipeline.bench.memory import format_table, run
+
+    result = run(small, large, model, tile, overlap, block, batch_size, device)
+    typer.echo(json.dumps(result) if as_json else format_table(result))
