@@ -1,0 +1,113 @@
+"""`m2cd train`: fine-tune M²CD from a recipe file, or from one scene triple given on the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.cli import app
+
+DEFAULT_RECIPE = "finetune"  # configs/train/finetune.yaml: the default fine-tuning recipe
+
+
+@app.command("train")
+def train_command(
+    config: Annotated[
+        str | None,
+        typer.Option("--config", "-c", help="Recipe YAML (or a name in configs/train/)."),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run directory (best/, last/, metrics.jsonl).")
+    ] = Path("runs/train"),
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out from its last checkpoint.")
+    ] = False,
+    optical: Annotated[str | None, typer.Option(help="Optical raster (local or s3://).")] = None,
+    sar: Annotated[str | None, typer.Option(help="SAR raster on the optical grid.")] = None,
+    label: Annotated[
+        str | None, typer.Option(help="Label raster: 0/1 (255 ignore) or 0/255.")
+    ] = None,
+    train_window: Annotated[
+        list[str] | None, typer.Option(help="R0:R1,C0:C1 pixel window to train on (repeatable).")
+    ] = None,
+    val_window: Annotated[
+        list[str] | None, typer.Option(help="R0:R1,C0:C1 window to validate on (repeatable).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model config name, e.g. siam_r18, tiny.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps (last stage).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Chips per step.")] = None,
+    tile: Annotated[int | None, typer.Option(help="Chip size in pixels.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Recipe override KEY=VALUE (YAML value), e.g. optim.lr=3e-4."),
+    ] = None,
+) -> None:
+    """Train; writes OUT/best and OUT/last (each loadable by `m2cd detect --checkpoint`)."""
+    import json
+
+    import yaml
+
+    from pipeline.errors import ConfigError
+    from pipeline.training.config import load_train_config
+    from pipeline.training.trainer import train
+
+    overrides: dict[str, Any] = {}
+    scene_flags = [optical, sar, label]
+    if any(v is not None for v in scene_flags) or train_window:
+        if not all(v is not None for v in scene_flags) or not train_window:
+            raise ConfigError(
+                "the one-scene shorthand needs --optical, --sar, --label and --train-window"
+            )
+        overrides["data.scenes"] = [
+            {
+                "optical": optical,
+                "sar": sar,
+                "label": label,
+                "train": [{"window": w} for w in train_window],
+                "val": [{"window": w} for w in (val_window or [])],
+            }
+        ]
+        overrides["data.folders"] = None
+    elif config is None:
+        raise ConfigError("give --config, or --optical/--sar/--label/--train-window for one scene")
+    if not progress:
+        overrides["progress"] = False
+    for key, value in {
+        "data.batch_size": batch_size,
+        "data.tile": tile,
+        "seed": seed,
+        "device": device,
+    }.items():
+        if value is not None:
+            overrides[key] = value
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    cfg = load_train_config(config or DEFAULT_RECIPE, overrides)
+    if model is not None or steps is not None:
+        last = cfg.stages[-1]
+        update = {k: v for k, v in {"model": model, "steps": steps}.items() if v is not None}
+        cfg = cfg.model_copy(update={"stages": [*cfg.stages[:-1], last.model_copy(update=update)]})
+        cfg = type(cfg).model_validate(cfg.model_dump())
+    result = train(cfg, out, resume=resume)
+    typer.echo(
+        json.dumps(
+            {
+                "best": str(result.best),
+                "last": str(result.last),
+                "steps": result.steps,
+                "best_val": result.best_metrics,
+                "metrics": str(Path(out) / "metrics.jsonl"),
+            },
+            indent=2,
+        )
+    )

@@ -1,0 +1,384 @@
+"""Training data: labelled areas read with the inference reader, chips sampled on the fly.
+
+Pixels go through exactly the code inference uses (``pipeline.scene`` to read, ``pipeline.normalize``
+to scale and to build the valid mask), so a model never sees inputs scaled differently in training
+and in production. A labelled area (a window of a scene triple, or one CAU-Flood tile) is read and
+normalised once into memory; chips are cut from it at random positions per step (no chip files).
+
+Label rule (decided once per scene or per folder split, never per chip, so that a chip holding only
+0 and 255 cannot be misread): if the value 1 occurs, labels are 0/1 and 255 is *ignore*; otherwise
+labels are 0/255 and 255 is *change*. Any other value is an error. A nodata value declared by the label file
+is ignore (and excluded before deciding), and the inputs' invalid pixels (``valid_mask``) become
+ignore as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from pipeline.config import DetectConfig
+from pipeline.errors import ConfigError, InputError
+from pipeline.training.config import Area, DataConfig, FolderSource, SceneSource
+
+IGNORE = 255
+LabelEncoding = Literal["auto", "0/1", "0/255"]
+
+# CAU-Flood layouts: (optical dir, SAR dir, label dir)
+FOLDER_LAYOUTS: tuple[tuple[str, str, str], ...] = (("A", "B", "label"), ("opt", "vv", "flood_vv"))
+_IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}
+
+
+@dataclass
+class LabelledArea:
+    """Normalised inputs and a 0/1/255 label of one area, all on the same pixel grid."""
+
+    optical: np.ndarray  # C×H×W float32
+    sar: np.ndarray  # C×H×W float32
+    label: np.ndarray  # H×W uint8: 0 unchanged, 1 changed, 255 ignore
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.optical = np.asarray(self.optical, dtype=np.float32)
+        self.sar = np.asarray(self.sar, dtype=np.float32)
+        h, w = self.label.shape
+        if self.optical.shape[1:] != (h, w) or self.sar.shape[1:] != (h, w):
+            raise InputError(
+                self.name or "area",
+                f"optical {self.optical.shape}, SAR {self.sar.shape} and label {self.label.shape} "
+                "are not on the same grid",
+            )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.label.shape  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------
+# labels
+
+
+def label_encoding(values: Iterable[int], source: str) -> Literal["0/1", "0/255"]:
+    """Decide 0/1 (255 = ignore) or 0/255 (255 = change) from the values present (see module doc)."""
+    present = {int(v) for v in values}
+    extra = present - {0, 1, IGNORE}
+    if extra:
+        raise InputError(
+            source,
+            f"label values {sorted(present)[:8]} are neither 0/1 (255 = ignore) nor 0/255; "
+            "binarise the labels first",
+        )
+    return "0/1" if 1 in present else "0/255"
+
+
+def decode_label(
+    raw: np.ndarray, encoding: Literal["0/1", "0/255"], nodata: float | None = None
+) -> np.ndarray:
+    """Raw label band -> uint8 0/1/255 (255 = ignore)."""
+    raw = np.asarray(raw)
+    if encoding == "0/1":
+        out = np.where(raw == 1, 1, np.where(raw == 0, 0, IGNORE)).astype(np.uint8)
+    else:
+        out = (raw == 255).astype(np.uint8)
+    if nodata is not None:  # a declared nodata always wins over the class meaning of its value
+        out[raw == nodata] = IGNORE
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# reading with the inference reader
+
+
+def _window(window: tuple[int, int, int, int]):
+    from pipeline.scene import Window
+
+    r0, r1, c0, c1 = window
+    return Window(r0, r1, c0, c1)
+
+
+def area_window(area: Area, optical_uri: str, cfg: DetectConfig) -> tuple[int, int, int, int]:
+    """Pixel window of an area, clipped to the scene; bounds go through the optical transform."""
+    from pipeline.scene import open_scene
+
+    scene = open_scene(optical_uri, "optical", cfg)
+    h, w = scene.shape
+    if area.window is not None:
+        r0, r1, c0, c1 = area.window
+    else:
+        if scene.crs is None:
+            raise InputError(
+                optical_uri, "bounds need a georeferenced optical scene; give a window"
+            )
+        left, bottom, right, top = area.bounds  # type: ignore[misc]
+        inv = ~scene.transform
+        cols, rows = zip(*(inv @ (x, y) for x, y in ((left, top), (right, bottom))), strict=True)
+        r0, r1 = int(np.floor(min(rows))), int(np.ceil(max(rows)))
+        c0, c1 = int(np.floor(min(cols))), int(np.ceil(max(cols)))
+    r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
+    if r0 >= r1 or c0 >= c1:
+        raise InputError(
+            optical_uri, f"area {area.window or area.bounds} is outside the {h}×{w} scene"
+        )
+    return r0, r1, c0, c1
+
+
+def read_pair(
+    optical_uri: str, sar_uri: str, cfg: DetectConfig, window: tuple[int, int, int, int] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised optical, normalised SAR and the valid mask of one window, as inference reads them.
+
+    Both rasters must share the optical grid (same shape); reproject SAR first otherwise.
+    """
+    from pipeline.normalize import normalize_optical, normalize_sar, valid_mask
+    from pipeline.scene import open_scene
+
+    opt_scene = open_scene(optical_uri, "optical", cfg)
+    sar_scene = open_scene(sar_uri, "sar", cfg)
+    if opt_scene.shape != sar_scene.shape:
+        raise InputError(
+            sar_uri,
+            f"SAR grid {sar_scene.shape} differs from the optical grid {opt_scene.shape}; "
+            "reproject the SAR onto the optical grid before training",
+        )
+    win = _window(window or (0, opt_scene.shape[0], 0, opt_scene.shape[1]))
+    opt_raw = opt_scene.read_window(win)
+    sar_raw = sar_scene.read_window(win)
+    valid = valid_mask(opt_raw, sar_raw, opt_scene.nodata, sar_scene.nodata)
+    opt = normalize_optical(opt_raw, cfg.optical, opt_scene.dtype, valid)
+    sar = normalize_sar(sar_raw, cfg.sar, sar_scene.units, sar_scene.dtype, valid)
+    return opt, sar, np.asarray(valid, bool)
+
+
+def _read_label_raw(
+    uri: str, window: tuple[int, int, int, int] | None
+) -> tuple[np.ndarray, float | None]:
+    """One label band of a window inside the raster (and its nodata), via ``pipeline.storage``."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    from pipeline import storage
+
+    try:
+        with storage.gdal_env(uri), rasterio.open(storage.gdal_path(uri)) as src:
+            h, w = src.height, src.width
+            r0, r1, c0, c1 = window or (0, h, 0, w)
+            if r1 > h or c1 > w:
+                raise InputError(
+                    uri, f"window {r0}:{r1},{c0}:{c1} reaches outside the {h}×{w} raster"
+                )
+            bands = src.read(window=((r0, r1), (c0, c1)))
+            nodata = src.nodata
+    except RasterioIOError as exc:
+        raise InputError(uri, f"not a readable raster ({storage.redact(str(exc))})") from None
+    if bands.shape[0] != 1 and not all(np.array_equal(bands[0], b) for b in bands[1:]):
+        raise InputError(uri, f"a label needs one band, got {bands.shape[0]} different bands")
+    return bands[0], (None if nodata is None else float(nodata))
+
+
+def _assemble(opt, sar, valid, label, name: str) -> LabelledArea:
+    label = label.copy()
+    label[~valid] = IGNORE
+    return LabelledArea(
+        np.ascontiguousarray(opt, np.float32), np.ascontiguousarray(sar, np.float32), label, name
+    )
+
+
+def load_scene_areas(
+    src: SceneSource,
+    cfg: DetectConfig,
+    split: Literal["train", "val"],
+    encoding: LabelEncoding = "auto",
+) -> list[LabelledArea]:
+    """Read every train or val area of a scene triple into memory."""
+    areas = src.train if split == "train" else src.val
+    windows = [area_window(a, src.optical, cfg) for a in areas]
+    raws = [_read_label_raw(src.label, w) for w in windows]
+    if encoding == "auto":
+        all_windows = [area_window(a, src.optical, cfg) for a in (*src.train, *src.val)]
+        values: set[int] = set()
+        for w in all_windows:
+            raw, nodata = _read_label_raw(src.label, w)
+            values |= {int(v) for v in np.unique(raw) if nodata is None or v != nodata}
+        enc = label_encoding(values, src.label)
+    else:
+        enc = encoding
+    out = []
+    for w, (raw, nodata) in zip(windows, raws, strict=True):
+        opt, sar, valid = read_pair(src.optical, src.sar, cfg, w)
+        label = decode_label(raw, enc, nodata)
+        out.append(_assemble(opt, sar, valid, label, f"{src.label}[{w[0]}:{w[1]},{w[2]}:{w[3]}]"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CAU-Flood folders
+
+
+def folder_triples(root: str | Path, split: str) -> list[tuple[Path, Path, Path]]:
+    """(optical, SAR, label) file triples of one split, matched by file stem, sorted by name."""
+    base = Path(root) / split
+    if not base.is_dir():
+        raise InputError(str(base), "split folder not found")
+    for a_dir, b_dir, l_dir in FOLDER_LAYOUTS:
+        dirs = [base / a_dir, base / b_dir, base / l_dir]
+        if all(d.is_dir() for d in dirs):
+            break
+    else:
+        layouts = ", ".join("/".join(lay) for lay in FOLDER_LAYOUTS)
+        raise InputError(str(base), f"no CAU-Flood layout found (expected sub-folders {layouts})")
+    files = [{p.stem: p for p in d.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES} for d in dirs]
+    if not files[0]:
+        raise InputError(str(dirs[0]), "no image tiles found")
+    triples = []
+    for stem in sorted(files[0]):
+        missing = [str(d) for d, f in zip(dirs[1:], files[1:], strict=True) if stem not in f]
+        if missing:
+            raise InputError(str(files[0][stem]), f"no matching tile named {stem!r} in {missing}")
+        triples.append((files[0][stem], files[1][stem], files[2][stem]))
+    return triples
+
+
+def load_folder_areas(
+    root: str | Path, split: str, cfg: DetectConfig, encoding: LabelEncoding = "auto"
+) -> list[LabelledArea]:
+    """Read every tile of one split (each tile is one labelled area)."""
+    triples = folder_triples(root, split)
+    raws = [_read_label_raw(str(lab), None) for _, _, lab in triples]
+    if encoding == "auto":
+        values: set[int] = set()
+        for raw, nodata in raws:
+            values |= {int(v) for v in np.unique(raw) if nodata is None or v != nodata}
+        enc = label_encoding(values, str(Path(root) / split))
+    else:
+        enc = encoding
+    out = []
+    for (opt_p, sar_p, lab_p), (raw, nodata) in zip(triples, raws, strict=True):
+        opt, sar, valid = read_pair(str(opt_p), str(sar_p), cfg, None)
+        if raw.shape != valid.shape:
+            raise InputError(
+                str(lab_p), f"label shape {raw.shape} differs from the images' {valid.shape}"
+            )
+        out.append(_assemble(opt, sar, valid, decode_label(raw, enc, nodata), lab_p.stem))
+    return out
+
+
+def load_areas(
+    data: DataConfig, cfg: DetectConfig
+) -> tuple[list[LabelledArea], list[LabelledArea]]:
+    """Train and validation areas of a recipe's data section."""
+    if data.folders is not None:
+        return _folder_splits(data.folders, cfg)
+    train, val = [], []
+    for src in data.scenes:
+        train += load_scene_areas(src, cfg, "train")
+        if src.val:
+            val += load_scene_areas(src, cfg, "val")
+    return train, val
+
+
+def _folder_splits(src: FolderSource, cfg: DetectConfig):
+    train = load_folder_areas(src.root, src.train_split, cfg)
+    if src.val_split is None:
+        return train, []
+    if not (Path(src.root) / src.val_split).is_dir():
+        raise ConfigError(
+            f"{Path(src.root) / src.val_split}: validation split not found; the CAU-Flood release "
+            "has only train/ and test/: set data.folders.val_split (e.g. test, with the selection "
+            "risk that brings) or null"
+        )
+    return train, load_folder_areas(src.root, src.val_split, cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# chips
+
+
+def _pad_to(area: LabelledArea, tile: int) -> LabelledArea:
+    """Areas smaller than a chip are padded with ignore (zeros in the inputs)."""
+    h, w = area.shape
+    ph, pw = max(tile - h, 0), max(tile - w, 0)
+    if not ph and not pw:
+        return area
+    pad3 = ((0, 0), (0, ph), (0, pw))
+    return LabelledArea(
+        np.pad(area.optical, pad3),
+        np.pad(area.sar, pad3),
+        np.pad(area.label, ((0, ph), (0, pw)), constant_values=IGNORE),
+        area.name,
+    )
+
+
+class ChipSampler:
+    """Random chips from labelled areas, drawn with a caller-owned generator (exact resume).
+
+    Areas are picked in proportion to their labelled pixels. With ``change_fraction`` > 0 that share
+    of chips is centred on a random changed pixel, which helps when change is a few % of an area.
+    """
+
+    def __init__(self, areas: list[LabelledArea], tile: int, change_fraction: float = 0.0):
+        if not areas:
+            raise ConfigError("no training areas: give at least one train window or tile")
+        self.tile = tile
+        self.areas = [_pad_to(a, tile) for a in areas]
+        counts = np.array([(a.label != IGNORE).sum() for a in self.areas], dtype=np.float64)
+        if counts.sum() == 0:
+            raise InputError(
+                areas[0].name or "training data", "every training pixel is ignore/nodata"
+            )
+        self.weights = counts / counts.sum()
+        self.change_fraction = change_fraction
+        self.changed = [np.flatnonzero(a.label.ravel() == 1) for a in self.areas]
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One chip: optical C×T×T, SAR C×T×T, label T×T."""
+        i = int(rng.choice(len(self.areas), p=self.weights))
+        area, t = self.areas[i], self.tile
+        h, w = area.shape
+        if (
+            self.change_fraction > 0
+            and self.changed[i].size
+            and rng.random() < self.change_fraction
+        ):
+            flat = int(self.changed[i][rng.integers(self.changed[i].size)])
+            cy, cx = divmod(flat, w)
+            y0 = int(np.clip(cy - t // 2 + rng.integers(-t // 4, t // 4 + 1), 0, h - t))
+            x0 = int(np.clip(cx - t // 2 + rng.integers(-t // 4, t // 4 + 1), 0, w - t))
+        else:
+            y0 = int(rng.integers(0, h - t + 1))
+            x0 = int(rng.integers(0, w - t + 1))
+        sl = (slice(y0, y0 + t), slice(x0, x0 + t))
+        return area.optical[(slice(None), *sl)], area.sar[(slice(None), *sl)], area.label[sl]
+
+
+def iter_val_tiles(
+    areas: list[LabelledArea], tile: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Non-overlapping tiles covering every validation area (edges padded with ignore)."""
+    for area in areas:
+        h, w = area.shape
+        for y0 in range(0, h, tile):
+            for x0 in range(0, w, tile):
+                y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+                sub = LabelledArea(
+                    area.optical[:, y0:y1, x0:x1],
+                    area.sar[:, y0:y1, x0:x1],
+                    area.label[y0:y1, x0:x1],
+                    area.name,
+                )
+                sub = _pad_to(sub, tile)
+                yield sub.optical, sub.sar, sub.label
+
+
+def class_weights(areas: list[LabelledArea]) -> tuple[float, float]:
+    """Inverse-sqrt-frequency CE weights (unchanged, changed), normalised to mean 1."""
+    counts = np.zeros(2)
+    for a in areas:
+        counts += np.bincount(a.label[a.label != IGNORE].ravel(), minlength=2)[:2]
+    freq = np.maximum(counts / max(counts.sum(), 1), 1e-3)
+    w = 1 / np.sqrt(freq)
+    w = w / w.mean()
+    return float(w[0]), float(w[1])

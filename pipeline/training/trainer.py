@@ -1,0 +1,466 @@
+"""The training loop: stages, AMP, clipping, validation, best/last checkpoints, exact resume.
+
+Layout of ``out_dir`` (the last stage writes at the top, earlier ones under ``stages/<name>/``):
+
+    out_dir/best/      m2cd checkpoint with the best validation change-class F1 (loadable by
+                       ``m2cd.load_checkpoint`` and ``m2cd detect --checkpoint``)
+    out_dir/last/      m2cd checkpoint + train_state.{safetensors,json} (resume point)
+    out_dir/metrics.jsonl  one JSON object per log/validation event
+    out_dir/done.json  written when the stage finished (a resumed run skips finished stages)
+
+Without validation areas, ``best`` is the final model (nothing to select on).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import ConfigError, InputError
+from pipeline.training.augment import augment
+from pipeline.training.config import StageConfig, TrainConfig
+from pipeline.training.data import (
+    IGNORE,
+    ChipSampler,
+    LabelledArea,
+    class_weights,
+    iter_val_tiles,
+    load_areas,
+)
+from pipeline.training.optim import build_optimizer, set_lr
+from pipeline.training.state import has_state, load_state, save_state
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best: Path
+    last: Path
+    best_metrics: dict[str, Any] | None
+    steps: int
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# small pure helpers
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def resolve_precision(device: torch.device, precision: str) -> torch.dtype | None:
+    """None (fp32), bf16 or fp16. auto: bf16 on CUDA when supported (else fp16); on CPU bf16 when
+    the CPU has native bf16 (AVX-512 BF16 / AMX), else fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    cpu_bf16 = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")() in {"AVX512", "AMX"}
+    native = getattr(getattr(torch, "cpu", None), "_is_avx512_bf16_supported", lambda: False)()
+    return torch.bfloat16 if cpu_bf16 and native else None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig, weights: torch.Tensor | None
+) -> torch.Tensor:
+    """CE (optionally class-weighted) + Dice of the change class, ignoring 255."""
+    from m2cd.losses import dice_loss
+
+    loss = logits.new_zeros((), dtype=torch.float32)
+    if cfg.loss.ce_weight:
+        ce = F.cross_entropy(logits.float(), target.long(), weight=weights, ignore_index=IGNORE)
+        loss = loss + cfg.loss.ce_weight * ce
+    if cfg.loss.dice_weight:
+        loss = loss + cfg.loss.dice_weight * dice_loss(logits, target, IGNORE)
+    return loss
+
+
+def _channels(x: np.ndarray, want: int) -> np.ndarray:
+    from pipeline.normalize import match_channels
+
+    return match_channels(x, want)
+
+
+@torch.no_grad()
+def validate(
+    model: torch.nn.Module,
+    areas: list[LabelledArea],
+    tile: int,
+    batch_size: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> dict[str, Any]:
+    """Change-class P/R/F1/IoU, OA, kappa over non-overlapping tiles of every validation area."""
+    from m2cd.metrics import ConfusionMatrix
+
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(2, ignore=IGNORE)
+    bands = model.config.bands
+    batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def flush() -> None:
+        opt = torch.from_numpy(np.stack([_channels(b[0], bands.optical_channels) for b in batch]))
+        sar = torch.from_numpy(np.stack([_channels(b[1], bands.sar_channels) for b in batch]))
+        lab = np.stack([b[2] for b in batch])
+        ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
+        with ctx:
+            logits = model(opt.to(device), sar.to(device))
+        cm.update(logits.float().argmax(1).cpu().numpy(), lab)
+        batch.clear()
+
+    for item in iter_val_tiles(areas, tile):
+        batch.append(item)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    model.train(was_training)
+    return cm.to_dict()
+
+
+def _write_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _progress(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# one stage
+
+
+class _Stage:
+    """Runs one stage in ``stage_dir``; ``run()`` returns the stage summary."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        stage: StageConfig,
+        stage_dir: Path,
+        metrics_path: Path,
+        train_areas: list[LabelledArea],
+        val_areas: list[LabelledArea],
+        init_from: Path | None,
+        resume: bool,
+    ):
+        import m2cd
+
+        self.cfg, self.stage, self.dir, self.metrics_path = cfg, stage, stage_dir, metrics_path
+        self.val_areas = val_areas
+        self.device = resolve_device(cfg.device)
+        self.amp = resolve_precision(self.device, cfg.precision)
+        self.rng = seed_everything(cfg.seed)
+        self.model = m2cd.build_model(stage.model, **stage.model_overrides).to(self.device)
+        if init_from is not None:
+            self._init_weights(init_from)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.sampler = ChipSampler(train_areas, cfg.data.tile, cfg.data.min_change_fraction)
+        cw = cfg.loss.class_weights
+        if cw == "auto":
+            cw = class_weights(train_areas)
+        self.weights = torch.tensor(cw, dtype=torch.float32, device=self.device) if cw else None
+        lo, hi = cfg.detect.sar.db_range
+        self.sar_units_per_db = 2.0 / (hi - lo)  # pipeline.normalize maps [lo, hi] dB onto [-1, 1]
+        self.step = 0
+        self.best_f1 = -math.inf
+        self.best_metrics: dict[str, Any] | None = None
+        if resume and has_state(self.dir / "last"):
+            self._resume()
+
+    def _init_weights(self, path: Path) -> None:
+        import m2cd
+
+        source = m2cd.load_checkpoint(path)
+        missing, unexpected = self.model.load_state_dict(source.state_dict(), strict=False)
+        if unexpected or missing:
+            raise InputError(
+                str(path),
+                f"weights do not fit stage {self.stage.name!r}: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}",
+            )
+
+    def _resume(self) -> None:
+        import m2cd
+
+        last = self.dir / "last"
+        loaded = m2cd.load_checkpoint(last)
+        self.model.load_state_dict(loaded.state_dict())
+        self.optimizer = build_optimizer(self.model, self.cfg.optim)
+        meta = load_state(last, self.optimizer, self.rng, self.scaler)
+        if meta.get("stage") != self.stage.name:
+            raise InputError(str(last), f"training state is for stage {meta.get('stage')!r}")
+        self.step = int(meta["step"])
+        self.best_f1 = float(meta["best_f1"]) if meta["best_f1"] is not None else -math.inf
+        self.best_metrics = meta.get("best_metrics")
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _provenance(self, metrics: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "trainer": "pipeline.training",
+            "stage": self.stage.name,
+            "step": self.step,
+            "train_config_digest": self.cfg.digest(),
+            "detect_config": self.cfg.detect.model_dump(mode="json"),
+            "val_metrics": _scalar_metrics(metrics),
+        }
+
+    def _save_last(self) -> None:
+        import m2cd
+
+        tmp = self.dir / f".last.{int(time.time() * 1e6)}.tmp"
+        m2cd.save_checkpoint(self.model, tmp, self._provenance(self.best_metrics))
+        save_state(
+            tmp,
+            self.optimizer,
+            self.rng,
+            {
+                "stage": self.stage.name,
+                "step": self.step,
+                "best_f1": None if self.best_f1 == -math.inf else self.best_f1,
+                "best_metrics": self.best_metrics,
+                "train_config_digest": self.cfg.digest(),
+            },
+            self.scaler,
+        )
+        _replace_dir(tmp, self.dir / "last")
+
+    def _save_best(self, metrics: dict[str, Any] | None) -> None:
+        import m2cd
+
+        tmp = self.dir / f".best.{int(time.time() * 1e6)}.tmp"
+        m2cd.save_checkpoint(self.model, tmp, self._provenance(metrics))
+        _replace_dir(tmp, self.dir / "best")
+
+    # -- loop ----------------------------------------------------------------------------------
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        chips = [
+            augment(
+                self.sampler.sample(self.rng), self.cfg.augment, self.rng, self.sar_units_per_db
+            )
+            for _ in range(self.cfg.data.batch_size)
+        ]
+        bands = self.model.config.bands  # channel matching as in the engine (pipeline.run)
+        opt = torch.from_numpy(np.stack([_channels(c[0], bands.optical_channels) for c in chips]))
+        sar = torch.from_numpy(np.stack([_channels(c[1], bands.sar_channels) for c in chips]))
+        lab = torch.from_numpy(np.stack([c[2] for c in chips]).astype(np.int64))
+        return opt.to(self.device), sar.to(self.device), lab.to(self.device)
+
+    def _train_step(self) -> dict[str, float]:
+        opt, sar, lab = self._batch()
+        set_lr(self.optimizer, self.step, self.stage.steps, self.cfg.optim)
+        ctx = (
+            torch.autocast(self.device.type, dtype=self.amp)
+            if self.amp is not None
+            else nullcontext()
+        )
+        with ctx:
+            logits, aux = self.model(opt, sar)
+        seg = segmentation_loss(logits, lab, self.cfg, self.weights)
+        aux_total = sum((v.float() for v in aux.values()), torch.zeros((), device=self.device))
+        loss = seg + self.cfg.loss.aux_weight * aux_total
+        if not torch.isfinite(loss):
+            raise InputError(
+                str(self.dir), f"loss became {loss.item()} at step {self.step}; lower the lr"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.model.update_teacher()
+        self.step += 1
+        out = {"loss": float(loss.detach()), "seg_loss": float(seg.detach())}
+        out.update({k: float(v.detach()) for k, v in aux.items()})
+        return out
+
+    def _validate(self) -> dict[str, Any] | None:
+        if not self.val_areas:
+            return None
+        return validate(
+            self.model,
+            self.val_areas,
+            self.cfg.data.val_tile,
+            self.cfg.data.batch_size,
+            self.device,
+            self.amp,
+        )
+
+    def run(self, steps_limit: int | None = None) -> dict[str, Any]:
+        """Train to the stage's step budget (or stop early after ``steps_limit`` steps: testing)."""
+        cfg, total = self.cfg, self.stage.steps
+        stop_at = total if steps_limit is None else min(total, self.step + steps_limit)
+        bar = _progress(total, self.step, cfg.progress, f"train {self.stage.name}")
+        running: list[float] = []
+        try:
+            while self.step < stop_at:
+                rec = self._train_step()
+                running.append(rec["loss"])
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    _write_jsonl(
+                        self.metrics_path,
+                        {
+                            "stage": self.stage.name,
+                            "step": self.step,
+                            "lr": lr,
+                            "loss_mean": float(np.mean(running)),
+                            **rec,
+                        },
+                    )
+                    bar.set_postfix(loss=f"{np.mean(running):.3f}")
+                    running.clear()
+                if self.step % cfg.val_every == 0 or self.step == total:
+                    metrics = self._validate()
+                    if metrics is not None:
+                        _write_jsonl(
+                            self.metrics_path,
+                            {
+                                "stage": self.stage.name,
+                                "step": self.step,
+                                "val": _scalar_metrics(metrics),
+                            },
+                        )
+                        bar.set_postfix(loss=f"{rec['loss']:.3f}", f1=f"{metrics['f1']:.3f}")
+                        if metrics["f1"] > self.best_f1:
+                            self.best_f1, self.best_metrics = (
+                                metrics["f1"],
+                                _scalar_metrics(metrics),
+                            )
+                            self._save_best(metrics)
+                if self.step % cfg.checkpoint_every == 0 or self.step == stop_at:
+                    self._save_last()
+        finally:
+            bar.close()
+        if self.step >= total:
+            if not self.val_areas:
+                self._save_best(None)
+            summary = {
+                "stage": self.stage.name,
+                "steps": self.step,
+                "best_f1": self.best_metrics and self.best_f1,
+                "best_metrics": self.best_metrics,
+            }
+            (self.dir / "done.json").write_text(json.dumps(summary, indent=2))
+            return summary
+        return {"stage": self.stage.name, "steps": self.step, "unfinished": True}
+
+
+def _scalar_metrics(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    if metrics is None:
+        return None
+    keep = ("precision", "recall", "f1", "iou", "oa", "kappa", "mf1", "miou", "pixels")
+    return {k: metrics[k] for k in keep if k in metrics}
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a finished directory into place; a reader sees the old or the new one, never half."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry point
+
+
+def stage_dirs(cfg: TrainConfig, out_dir: Path) -> list[Path]:
+    """Where each stage writes: the last at ``out_dir``, earlier ones under ``out_dir/stages``."""
+    n = len(cfg.stages)
+    return [
+        out_dir if i == n - 1 else out_dir / "stages" / s.name for i, s in enumerate(cfg.stages)
+    ]
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    areas: tuple[list[LabelledArea], list[LabelledArea]] | None = None,
+    max_steps: int | None = None,
+) -> TrainResult:
+    """Run every stage of the recipe into ``out_dir``; see the module docstring for the layout.
+
+    ``areas`` (train, val) bypasses reading ``cfg.data`` (arrays already read with
+    ``pipeline.training.data``). ``max_steps`` stops the current stage early after that many steps
+    (its ``last`` checkpoint is written), which is how the resume test interrupts a run.
+    """
+    out = Path(out_dir)
+    if not resume and ((out / "last").exists() or (out / "stages").exists()):
+        raise InputError(str(out), "holds a training run already; pass --resume or another --out")
+    train_areas, val_areas = areas if areas is not None else load_areas(cfg.data, cfg.detect)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    dirs = stage_dirs(cfg, out)
+    summaries: list[dict[str, Any]] = []
+    prev_best: Path | None = None
+    for stage, sdir in zip(cfg.stages, dirs, strict=True):
+        sdir.mkdir(parents=True, exist_ok=True)
+        if resume and (sdir / "done.json").is_file():
+            summaries.append(json.loads((sdir / "done.json").read_text()))
+            prev_best = sdir / "best"
+            continue
+        init = None
+        if stage.init == "previous":
+            init = prev_best
+        elif stage.init:
+            init = Path(stage.init)
+        runner = _Stage(
+            cfg, stage, sdir, out / "metrics.jsonl", train_areas, val_areas, init, resume
+        )
+        summary = runner.run(max_steps)
+        summaries.append(summary)
+        if summary.get("unfinished"):
+            break
+        prev_best = sdir / "best"
+    final = summaries[-1]
+    return TrainResult(
+        out_dir=out,
+        best=out / "best",
+        last=out / "last",
+        best_metrics=final.get("best_metrics"),
+        steps=int(final.get("steps", 0)),
+        stages=summaries,
+    )
