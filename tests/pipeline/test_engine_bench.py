@@ -1,0 +1,67 @@
+"""`m2cd bench pipeline|memory --json` run end to end on toy sizes (the figures are in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def _bench_json(capsys, args: list[str]) -> dict:
+    from flows.cli import main
+
+    assert main(["bench", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_bench_pipeline_reports_efficiency_on_the_same_tiles(capsys):
+    r = _bench_json(
+        capsys,
+        [
+            "pipeline",
+            "--model",
+            "tiny",
+            "--size",
+            "160",
+            "--tile",
+            "64",
+            "--overlap",
+            "16",
+            "--block",
+            "256",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert r["tiles"] == 9 and r["tile_runs"] == 9  # one block: no halo re-runs
+    assert r["forward_tiles_per_s"] > 0 and r["detect_tiles_per_s"] > 0
+    assert r["efficiency"] == pytest.approx(
+        r["detect_tiles_per_s"] / r["forward_tiles_per_s"], rel=1e-2
+    )
+
+
+@pytest.mark.slow
+def test_bench_memory_measures_each_scene_in_its_own_process(capsys):
+    r = _bench_json(
+        capsys,
+        [
+            "memory",
+            "--small",
+            "128",
+            "--large",
+            "256",
+            "--tile",
+            "64",
+            "--overlap",
+            "16",
+            "--block",
+            "128",
+        ],
+    )
+    small, large = r["small"], r["large"]
+    assert small["blocks"] == 1 and large["blocks"] == 4
+    assert large["tiles"] > small["tiles"]
+    assert 100 < small["peak_rss_mib"] < 8000 and 100 < large["peak_rss_mib"] < 8000
+    assert r["rss_ratio"] == pytest.approx(large["peak_rss_mib"] / small["peak_rss_mib"], rel=1e-3)
+    assert r["full_scene_accumulator_gib"] == pytest.approx(256 * 256 * 12 / 2**30, rel=1e-3)
