@@ -23,7 +23,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001  (only transient faults are handled; others re-raised)
+        return _transient(exc)
     return 0
+
+
+def _transient(exc: Exception) -> int:
+    """Storage/network outages and lost workers: one clear line and exit code 3 (retry later);
+    finished blocks are kept, so the same command resumes. Anything else is a bug: re-raised."""
+    from flows.faults import is_transient
+    from pipeline.storage import redact
+
+    if not is_transient(exc):
+        raise exc
+    print(
+        f"error: storage or network unavailable ({type(exc).__name__}: {redact(str(exc))}); "
+        "finished blocks are kept: run the same command again to resume",
+        file=sys.stderr,
+    )
+    return 3
 
 
 if __name__ == "__main__":

@@ -4,3 +4,4 @@ Add one line per command module.
 """
 
 # ruff: noqa: F401
+from flows import labels, serve

@@ -1,0 +1,230 @@
+"""detect-scene: one optical/SAR pair → change products, as plan → one task per block → finalize.
+
+Thin by design: every pixel is handled by `pipeline.run` (plan_run / run_block / finalize_run). The flow
+adds task boundaries (a block is the unit of retry and of placement on a Dask worker), retries on
+transient faults (safe: block writes are idempotent), small JSON manifests as persisted results, and
+artifacts (a progress bar while blocks finish, a markdown summary at the end).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NONE
+from prefect.events import emit_event
+from pydantic import BaseModel
+
+from flows.faults import is_transient, retry_transient
+from flows.runner import annotate_resources, block_resources, choose_runner, task_runner
+
+MANIFEST = {"persist_result": True, "result_serializer": "json", "cache_policy": NONE}
+MAX_RESUBMITS = 2  # extra submissions of a block whose worker was lost
+
+
+class DetectManifest(BaseModel):
+    """What a detect-scene run returns (and persists): links and figures, never arrays."""
+
+    run_key: str
+    output: str
+    model_digest: str
+    products: dict[str, str]
+    blocks: int
+    tiles: int
+    megapixels: float
+    changed_km2: float | None
+    seconds: float
+
+
+def resolve_model(model: str, registry: str | None = None) -> str:
+    """'promoted' or a registry digest → the registry's checkpoint URI; a path/URI stays as is."""
+    from pipeline.registry import PROMOTED, Registry, registry_root
+
+    if model == PROMOTED or model.startswith("sha256:"):
+        reg = Registry(registry_root(registry))
+        digest = model
+        if model == PROMOTED:
+            promotion = reg.promoted()
+            if promotion is None:
+                from pipeline.errors import InputError
+
+                raise InputError(f"{reg.root}/promoted.json", "no model has been promoted yet")
+            digest = promotion.digest
+        return reg.get(digest).uri
+    return model
+
+
+@task(name="plan", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, **MANIFEST)
+def plan_task(request: Any) -> Any:
+    """Open both scenes lazily, check grids, lay out the tile grid and blocks (small JSON plan)."""
+    from pipeline.run import plan_run
+
+    return plan_run(request)
+
+
+@task(
+    name="block",
+    task_run_name="block-{block_id}",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=retry_transient,
+    **MANIFEST,
+)
+def block_task(plan: Any, block_id: int) -> Any:
+    """Infer and write one block (idempotent: returns at once when already marked done)."""
+    from pipeline.run import run_block
+
+    return run_block(plan, block_id)
+
+
+@task(
+    name="finalize",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_transient,
+    **MANIFEST,
+)
+def finalize_task(plan: Any) -> Any:
+    """COG, polygons, STAC item and quick-look once every block is done (moved into place)."""
+    from pipeline.run import finalize_run
+
+    return finalize_run(plan)
+
+
+def _run_blocks(runner: Any, plan: Any, block_ids: list[int], logger: Any) -> list[Any]:
+    """Submit every block, move the progress artifact as they finish, resubmit lost-worker blocks."""
+    from prefect.futures import as_completed
+
+    progress_id = create_progress_artifact(
+        progress=0.0, description=f"blocks done of {len(block_ids)} ({plan.run_key[:12]})"
+    )
+    resources = block_resources(runner.client)
+    logger.info("block tasks ask for resources %s", resources or "none (CPU workers)")
+    results: dict[int, Any] = {}
+    todo, attempt = list(block_ids), 0
+    while todo:
+        attempt += 1
+        with annotate_resources(resources):
+            futures = {runner.submit(block_task, {"plan": plan, "block_id": b}): b for b in todo}
+        todo = []
+        for future in as_completed(list(futures)):
+            block_id = futures[future]
+            try:
+                results[block_id] = future.result()
+            except Exception as exc:
+                if is_transient(exc) and attempt <= MAX_RESUBMITS:
+                    logger.warning("block %s lost (%s); resubmitting", block_id, type(exc).__name__)
+                    todo.append(block_id)
+                    continue
+                raise
+            update_progress_artifact(progress_id, 100.0 * len(results) / len(block_ids))
+    return [results[b] for b in block_ids]
+
+
+def _api_url() -> str | None:
+    """The API this flow run reports to (the temporary server's URL in the embedded default)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return str(ctx.client.api_url) if ctx and ctx.client else None
+
+
+def summary_markdown(manifest: DetectManifest, optical: str, sar: str) -> str:
+    """The run summary shown in the Prefect UI."""
+    area = "n/a (no CRS)" if manifest.changed_km2 is None else f"{manifest.changed_km2:.4f}"
+    rows = "\n".join(f"| {name} | `{uri}` |" for name, uri in manifest.products.items())
+    return (
+        f"# detect-scene `{manifest.run_key[:12]}`\n\n"
+        f"- optical: `{optical}`\n- SAR: `{sar}`\n- model: `{manifest.model_digest}`\n\n"
+        "| figure | value |\n| --- | --- |\n"
+        f"| blocks | {manifest.blocks} |\n| tiles | {manifest.tiles} |\n"
+        f"| Mpx | {manifest.megapixels:.2f} |\n| time (s) | {manifest.seconds:.1f} |\n"
+        f"| changed area (km²) | {area} |\n\n"
+        f"| product | location |\n| --- | --- |\n{rows}\n"
+    )
+
+
+@flow(
+    name="detect-scene",
+    log_prints=True,
+    persist_result=True,
+    result_serializer="json",
+)
+def detect_scene(
+    optical: str,
+    sar: str,
+    output: str,
+    model: str = "promoted",
+    overrides: dict[str, Any] | None = None,
+    config: str | None = None,
+    dask_address: str | None = None,
+    registry: str | None = None,
+    overwrite: bool = False,
+) -> DetectManifest:
+    """Detect change between a pre-event optical and a post-event SAR scene (local or s3://).
+
+    Args:
+        optical: pre-event optical scene (path or s3:// URI).
+        sar: post-event SAR scene (path or s3:// URI).
+        output: output prefix (path or s3:// URI) for change.zarr, COGs, polygons, STAC item, quick-look.
+        model: checkpoint path/URI, a registry digest, or `promoted` (the registry's promoted model).
+        overrides: DetectConfig overrides as dotted keys, e.g. {"tiling.block": 1024}.
+        config: a DetectConfig YAML path or a name in configs/pipeline/.
+        dask_address: an existing Dask scheduler (else $M2CD_DASK_ADDRESS, else a temporary cluster).
+        registry: model registry root (else $M2CD_REGISTRY, else ~/.m2cd/registry).
+        overwrite: replace products of another run found at `output`.
+    """
+    from pipeline.config import load_detect_config
+    from pipeline.run import DetectRequest, pending_blocks
+
+    logger = get_run_logger()
+    started = time.monotonic()
+    request = DetectRequest(
+        optical=optical,
+        sar=sar,
+        out=output,
+        checkpoint=resolve_model(model, registry),
+        config=load_detect_config(config, overrides or {}),
+        overwrite=overwrite,
+    )
+    plan = plan_task(request)
+    print(plan.describe())
+    todo = [] if plan.finished else pending_blocks(plan)
+    if todo:
+        choice = choose_runner(dask_address)
+        logger.info(
+            "%d of %d block(s) to run on %s", len(todo), len(plan.blocks), choice.describe()
+        )
+        with task_runner(choice, _api_url()) as runner:
+            _run_blocks(runner, plan, todo, logger)
+    elif plan.finished:
+        logger.info("run %s already finished in %s: nothing to do", plan.run_key[:12], plan.out)
+    summary = finalize_task(plan)
+    manifest = DetectManifest(
+        run_key=summary.run_key,
+        output=summary.out,
+        model_digest=summary.model_digest,
+        products=dict(summary.products),
+        blocks=summary.blocks,
+        tiles=summary.tiles,
+        megapixels=summary.mpx,
+        changed_km2=summary.changed_km2,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    create_markdown_artifact(
+        summary_markdown(manifest, optical, sar),
+        key="detect-scene-summary",
+        description=f"detect-scene {manifest.run_key[:12]}",
+    )
+    emit_event(
+        "m2cd.scene.detected",
+        resource={"prefect.resource.id": f"m2cd.run.{manifest.run_key}"},
+        payload=manifest.model_dump(),
+    )
+    return manifest

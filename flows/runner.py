@@ -1,0 +1,108 @@
+"""Which Dask cluster runs the block tasks of a detect-scene run.
+
+Order of choice: an explicit address (flow parameter), then ``$M2CD_DASK_ADDRESS``, then a temporary
+``LocalCluster`` for this run only (a fresh cluster per run avoids the scheduler memory growth seen on
+long-lived shared schedulers, PrefectHQ/prefect#21697). With CUDA there is one single-threaded worker
+per GPU advertising the resource ``GPU=1``, and block tasks ask for it, so two blocks never share a GPU;
+without CUDA there are CPU workers and no resource request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel
+
+ADDRESS_ENV = "M2CD_DASK_ADDRESS"
+
+
+class RunnerChoice(BaseModel):
+    """What `choose_runner` decided (logged by the flow so users can see it)."""
+
+    address: str | None = None
+    n_workers: int = 1
+    threads_per_worker: int = 1
+    gpus: int = 0
+
+    def describe(self) -> str:
+        if self.address:
+            return f"existing Dask cluster at {self.address}"
+        kind = f"{self.gpus} GPU worker(s) with GPU=1" if self.gpus else "CPU worker(s)"
+        return f"temporary LocalCluster: {self.n_workers} {kind}"
+
+
+def cuda_device_count() -> int:
+    """Number of visible GPUs (0 when torch has no CUDA)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def choose_runner(
+    address: str | None = None, n_workers: int | None = None, gpus: int | None = None
+) -> RunnerChoice:
+    """Decide the cluster; pure apart from reading the environment and counting GPUs."""
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if address:  # its workers declare their own resources (`dask worker --resources GPU=1`)
+        return RunnerChoice(address=address)
+    gpus = cuda_device_count() if gpus is None else gpus
+    if gpus:
+        return RunnerChoice(n_workers=n_workers or gpus, gpus=gpus)
+    cpus = os.cpu_count() or 1
+    # Torch already uses several threads per forward pass: few workers, one thread each.
+    return RunnerChoice(n_workers=n_workers or max(1, min(2, cpus // 2)))
+
+
+def task_runner(choice: RunnerChoice, api_url: str | None = None) -> Any:
+    """A prefect-dask DaskTaskRunner for the choice (not started yet).
+
+    `api_url` is the Prefect API the flow talks to; temporary workers get it so their task runs
+    report to the same server (without it each worker would start its own ephemeral server).
+    Workers of an existing cluster must be started with PREFECT_API_URL set (docs/OPERATIONS.md).
+    """
+    from prefect_dask import DaskTaskRunner
+
+    if choice.address:
+        return DaskTaskRunner(address=choice.address)
+    kwargs: dict[str, Any] = {
+        "n_workers": choice.n_workers,
+        "threads_per_worker": choice.threads_per_worker,
+        "processes": True,
+        "host": "127.0.0.1",
+        "dashboard_address": ":0",  # never collide with another run's dashboard
+        "local_directory": os.path.join(tempfile.gettempdir(), "m2cd-dask"),
+    }
+    if choice.gpus:
+        kwargs["resources"] = {"GPU": 1}
+    if api_url:
+        kwargs["env"] = {"PREFECT_API_URL": api_url}
+    return DaskTaskRunner(cluster_kwargs=kwargs)
+
+
+def block_resources(client: Any) -> dict[str, int] | None:
+    """GPU=1 when any worker of the running cluster advertises a GPU, else no request.
+
+    Read from the live cluster rather than this machine, so an existing cluster with GPU workers gets
+    GPU-pinned blocks and a CPU-only one never waits for a resource nobody has.
+    """
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    has_gpu = any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers.values())
+    return {"GPU": 1} if has_gpu else None
+
+
+@contextlib.contextmanager
+def annotate_resources(resources: dict[str, int] | None) -> Iterator[None]:
+    """Annotate submissions made inside (Client.submit merges dask.get_annotations())."""
+    if not resources:
+        yield
+        return
+    import dask
+
+    with dask.annotate(resources=resources):
+        yield

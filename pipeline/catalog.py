@@ -1,0 +1,259 @@
+"""Scene discovery for a region and the optical→SAR pairing rule (pure, no Prefect).
+
+A region's scenes come from one of two sources:
+
+* **prefix** (local directory or ``s3://`` prefix) with this layout::
+
+      PREFIX/optical/<date>[_<anything>].tif
+      PREFIX/sar/<date>[_<anything>].tif
+
+  where ``<date>`` is ``YYYY-MM-DD``, ``YYYYMMDD``, or either followed by ``THHMMSS`` /
+  ``THH:MM:SS`` (UTC). Files that do not start with a date are ignored (and listed in
+  ``Catalog.skipped``). The prefix is the region: no footprint filtering is done.
+* **stac**: a STAC ItemCollection JSON (local or ``s3://``). Each item's role is
+  ``properties["m2cd:role"]`` when present, else ``sar`` when it has any ``sar:*`` property, else
+  ``optical``; its time is ``properties.datetime``; its image is the asset named by ``asset`` (default:
+  the first GeoTIFF asset). Items whose bbox does not intersect the region's AOI are dropped.
+
+Pairing: for each SAR scene, the **latest optical scene acquired within N days before it** (same instant
+counts). SAR scenes without such an optical scene are reported as unpaired.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline import storage
+from pipeline.config import CONFIG_DIR, format_validation_error
+from pipeline.errors import ConfigError, InputError
+
+Role = Literal["optical", "sar"]
+_DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})(?:T(\d{2}):?(\d{2}):?(\d{2}))?")
+_IMAGE_SUFFIXES = (".tif", ".tiff", ".vrt", ".png", ".jp2")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Section):
+    """Where a region's scenes are listed."""
+
+    kind: Literal["prefix", "stac"] = "prefix"
+    uri: str = Field(description="Prefix (local or s3://) or STAC ItemCollection JSON.")
+    asset: str | None = Field(default=None, description="STAC asset key (default: first GeoTIFF).")
+
+
+class PairingConfig(_Section):
+    """Latest optical scene within `max_days_before` days before each SAR scene."""
+
+    max_days_before: float = Field(default=30, gt=0)
+
+
+class RegionConfig(_Section):
+    """One monitored region (configs/regions/<name>.yaml)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    aoi: tuple[float, float, float, float] | None = Field(
+        default=None, description="lon/lat bbox (west, south, east, north); STAC sources only."
+    )
+    source: SourceConfig
+    pairing: PairingConfig = PairingConfig()
+    output: str = Field(description="Output prefix (local or s3://); one sub-prefix per pair.")
+    model: str = Field(default="promoted", description="Checkpoint path/URI or 'promoted'.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted DetectConfig keys.")
+    schedule: str = Field(default="0 6 * * *", description="Cron of the monitor deployment (UTC).")
+    enabled: bool = Field(default=True, description="False: `m2cd serve` skips it unless named.")
+
+    @field_validator("aoi")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float, float, float] | None):
+        if v is not None and not (v[0] < v[2] and v[1] < v[3]):
+            raise ValueError(
+                f"aoi must be (west, south, east, north) with west<east, south<north: {v}"
+            )
+        return v
+
+
+class SceneRef(BaseModel):
+    """One scene: where it is, what it is, when it was acquired."""
+
+    uri: str
+    role: Role
+    datetime: datetime
+    id: str
+
+
+class Pair(BaseModel):
+    """A detection job: one optical scene before one SAR scene."""
+
+    id: str
+    optical: SceneRef
+    sar: SceneRef
+
+    @property
+    def gap_days(self) -> float:
+        return (self.sar.datetime - self.optical.datetime).total_seconds() / 86400
+
+
+class Catalog(BaseModel):
+    scenes: list[SceneRef]
+    skipped: list[str] = []
+
+
+def load_region(source: str | Path) -> RegionConfig:
+    """A region config from a YAML path or a name in configs/regions/."""
+    path = Path(source)
+    if not path.suffix and (CONFIG_DIR / "regions" / f"{source}.yaml").exists():
+        path = CONFIG_DIR / "regions" / f"{source}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: region config not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    data.setdefault("name", path.stem)
+    try:
+        return RegionConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+
+
+def parse_datetime(name: str) -> datetime | None:
+    """Acquisition time from a file name that starts with a date, or None."""
+    m = _DATE.match(name)
+    if not m:
+        return None
+    y, mo, d, hh, mm, ss = (int(g) if g else 0 for g in m.groups())
+    try:
+        return datetime(y, mo, d, hh, mm, ss, tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _ls_images(fs: Any, base: str) -> list[str]:
+    if not fs.exists(base):
+        return []
+    return sorted(p for p in fs.ls(base, detail=False) if p.lower().endswith(_IMAGE_SUFFIXES))
+
+
+def list_prefix(uri: str) -> Catalog:
+    """Scenes under PREFIX/optical/ and PREFIX/sar/ (see the module docstring)."""
+    uri = uri.rstrip("/")
+    if not storage.exists(uri):
+        raise InputError(uri, "scene prefix does not exist")
+    remote = storage.is_remote(uri)
+    fs = storage.fs_for(uri)
+    base = uri[len("s3://") :] if remote else os.path.abspath(uri.removeprefix("file://"))
+    scenes, skipped = [], []
+    for role in ("optical", "sar"):
+        for path in _ls_images(fs, f"{base}/{role}"):
+            name = path.rsplit("/", 1)[-1]
+            when = parse_datetime(name)
+            full = f"s3://{path}" if remote else path
+            if when is None:
+                skipped.append(full)
+                continue
+            scenes.append(SceneRef(uri=full, role=role, datetime=when, id=Path(name).stem))
+    return Catalog(scenes=scenes, skipped=skipped)
+
+
+def _intersects(a: tuple[float, ...], b: list[float]) -> bool:
+    return not (b[2] < a[0] or b[0] > a[2] or b[3] < a[1] or b[1] > a[3])
+
+
+def _item_role(props: dict[str, Any]) -> Role:
+    role = props.get("m2cd:role")
+    if role in ("optical", "sar"):
+        return role
+    return "sar" if any(k.startswith("sar:") for k in props) else "optical"
+
+
+def _item_asset(item: dict[str, Any], key: str | None, where: str) -> str:
+    assets = item.get("assets", {})
+    if key is not None:
+        if key not in assets:
+            raise InputError(where, f"item {item.get('id')!r} has no asset {key!r}")
+        return assets[key]["href"]
+    for asset in assets.values():
+        if "tiff" in asset.get("type", "") or asset.get("href", "").lower().endswith(".tif"):
+            return asset["href"]
+    raise InputError(where, f"item {item.get('id')!r} has no GeoTIFF asset")
+
+
+def _absolute(href: str, collection_uri: str) -> str:
+    if "://" in href or href.startswith("/"):
+        return href
+    return collection_uri.rsplit("/", 1)[0] + "/" + href.removeprefix("./")
+
+
+def list_stac(
+    uri: str, aoi: tuple[float, float, float, float] | None = None, asset: str | None = None
+) -> Catalog:
+    """Scenes of a STAC ItemCollection JSON, filtered by AOI bbox."""
+    try:
+        data = json.loads(storage.read_bytes(uri))
+    except FileNotFoundError:
+        raise InputError(uri, "STAC ItemCollection not found") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(uri, f"not valid JSON ({exc})") from None
+    if data.get("type") != "FeatureCollection":
+        raise InputError(uri, f"expected a STAC ItemCollection, got type {data.get('type')!r}")
+    scenes, skipped = [], []
+    for item in data.get("features", []):
+        props = item.get("properties", {})
+        when = props.get("datetime")
+        if not when:
+            skipped.append(str(item.get("id")))
+            continue
+        if aoi is not None and item.get("bbox") and not _intersects(aoi, item["bbox"]):
+            continue
+        dt = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        scenes.append(
+            SceneRef(
+                uri=_absolute(_item_asset(item, asset, uri), uri),
+                role=_item_role(props),
+                datetime=dt if dt.tzinfo else dt.replace(tzinfo=UTC),
+                id=str(item["id"]),
+            )
+        )
+    return Catalog(scenes=scenes, skipped=skipped)
+
+
+def discover(region: RegionConfig) -> Catalog:
+    """The region's scenes, whatever the source kind."""
+    if region.source.kind == "stac":
+        return list_stac(region.source.uri, region.aoi, region.source.asset)
+    return list_prefix(region.source.uri)
+
+
+def pair_id(optical: SceneRef, sar: SceneRef) -> str:
+    """Stable, readable, path-safe id: SAR time + short hash of both URIs."""
+    h = hashlib.sha256(f"{optical.uri}\n{sar.uri}".encode()).hexdigest()[:8]
+    return f"{sar.datetime:%Y%m%dT%H%M%S}-{h}"
+
+
+def pair_scenes(
+    scenes: list[SceneRef], max_days_before: float
+) -> tuple[list[Pair], list[SceneRef]]:
+    """Pairs (latest optical within N days before each SAR) and the SAR scenes left unpaired."""
+    optical = sorted((s for s in scenes if s.role == "optical"), key=lambda s: (s.datetime, s.uri))
+    window = timedelta(days=max_days_before)
+    pairs, unpaired = [], []
+    for sar in sorted((s for s in scenes if s.role == "sar"), key=lambda s: (s.datetime, s.uri)):
+        candidates = [o for o in optical if sar.datetime - window <= o.datetime <= sar.datetime]
+        if not candidates:
+            unpaired.append(sar)
+            continue
+        best = candidates[-1]
+        pairs.append(Pair(id=pair_id(best, sar), optical=best, sar=sar))
+    return pairs, unpaired
