@@ -22,3 +22,8 @@ class ConfigError(M2CDError):
 
 class OutputExistsError(M2CDError):
     """A finished product exists and --overwrite was not given."""
+
+
+class OutputError(M2CDError):
+    """The output location cannot take the products (disk full, quota, read-only); finished blocks
+    are kept, so the same command resumes once the problem is fixed."""
