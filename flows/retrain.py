@@ -122,11 +122,12 @@ def evaluate_task(checkpoint: str, cfg: Any) -> dict[str, float]:
     from pipeline.training.data import load_areas
     from pipeline.training.trainer import resolve_device, resolve_precision, validate
 
-    _, val = load_areas(cfg.data, cfg.detect)
-    if not val:
-        raise InputError("train config data", "no validation areas (`val:`) to compare models on")
     device = resolve_device(cfg.device)
     model = m2cd.load_checkpoint(checkpoint).to(device)
+    bands = model.config.bands  # read the bands this model takes (pipeline.bands)
+    _, val = load_areas(cfg.data, cfg.detect, (bands.optical_channels, bands.sar_channels))
+    if not val:
+        raise InputError("train config data", "no validation areas (`val:`) to compare models on")
     amp = resolve_precision(device, cfg.precision)
     metrics = validate(model, val, cfg.data.val_tile, cfg.data.batch_size, device, amp)
     return scalar_metrics(metrics)

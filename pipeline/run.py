@@ -253,6 +253,15 @@ def _open_pair(optical: str, sar: str, cfg: DetectConfig) -> Any:
     return align_pair(open_scene(optical, "optical", cfg), open_scene(sar, "sar", cfg), cfg)
 
 
+def _bands_for_model(cfg: DetectConfig, pair: Any, ref: Any) -> DetectConfig:
+    from pipeline.bands import model_channels, resolve_bands
+
+    opt_ch, sar_ch = model_channels(ref.checkpoint, ref.name)
+    return resolve_bands(
+        cfg, (pair.optical.uri, pair.optical.count), (pair.sar.uri, pair.sar.count), opt_ch, sar_ch
+    )
+
+
 _pairs: OrderedDict[str, Any] = OrderedDict()
 
 
@@ -282,6 +291,9 @@ def plan_run(request: DetectRequest) -> RunPlan:
     cfg = request.config
     pair = _open_pair(request.optical, request.sar, cfg)
     ref = describe_model(request.checkpoint, request.model)
+    cfg = _bands_for_model(cfg, pair, ref)  # the bands the model takes (pipeline.bands)
+    if cfg is not request.config:
+        pair = _open_pair(request.optical, request.sar, cfg)
     chash = config_hash(cfg)
     key = run_key(request.optical, request.sar, ref.digest, chash)
     _pairs[key] = pair

@@ -15,12 +15,46 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.training.config import AugmentConfig
+from pipeline.training.data import IGNORE
 
 Chip = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+def rotate(chip: Chip, degrees: float) -> Chip:
+    """Rotate all three arrays about the chip centre by ``degrees`` (counter-clockwise), same size.
+
+    Images are interpolated bilinearly and the label by nearest neighbour, with the *same* mapping,
+    so the label stays aligned. Pixels that come from outside the chip are 0 in the images and
+    ignore (255) in the label: the loss and metrics never count them (the official augmentation
+    pads its label with 255 the same way).
+    """
+    from scipy.ndimage import affine_transform
+
+    opt, sar, lab = chip
+    h, w = lab.shape
+    theta = np.deg2rad(degrees)
+    c, s = np.cos(theta), np.sin(theta)
+    # output (row, col) -> input (row, col): rotation about the centre
+    matrix = np.array([[c, s], [-s, c]])
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    offset = centre - matrix @ centre
+
+    def warp(a: np.ndarray, order: int, cval: float) -> np.ndarray:
+        return affine_transform(a, matrix, offset, order=order, mode="constant", cval=cval)
+
+    opt_r = np.stack([warp(b, 1, 0.0) for b in opt]).astype(np.float32, copy=False)
+    sar_r = np.stack([warp(b, 1, 0.0) for b in sar]).astype(np.float32, copy=False)
+    lab_r = warp(lab, 0, IGNORE).astype(np.uint8, copy=False)
+    # a pixel whose bilinear footprint reaches outside the chip is padding as well
+    inside = warp(np.ones((h, w), np.float32), 1, 0.0) > 0.999
+    lab_r[~inside] = IGNORE
+    opt_r[:, ~inside] = 0.0
+    sar_r[:, ~inside] = 0.0
+    return opt_r, sar_r, lab_r
+
+
 def geometric(chip: Chip, cfg: AugmentConfig, rng: np.random.Generator) -> Chip:
-    """The same flip / rot90 on optical, SAR and label (label stays aligned pixel for pixel)."""
+    """The same flip / rot90 / free rotation on optical, SAR and label (label stays aligned)."""
     opt, sar, lab = chip
     if cfg.rot90:
         k = int(rng.integers(4))
@@ -31,6 +65,9 @@ def geometric(chip: Chip, cfg: AugmentConfig, rng: np.random.Generator) -> Chip:
             opt, sar, lab = (a[..., :, ::-1] for a in (opt, sar, lab))
         if rng.random() < 0.5:
             opt, sar, lab = (a[..., ::-1, :] for a in (opt, sar, lab))
+    if cfg.rotate_degrees and rng.random() < cfg.rotate_p:  # no draw when off: streams unchanged
+        angle = float(rng.uniform(-cfg.rotate_degrees, cfg.rotate_degrees))
+        opt, sar, lab = rotate((opt, sar, lab), angle)
     return opt, sar, lab
 
 

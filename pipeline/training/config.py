@@ -113,6 +113,13 @@ class AugmentConfig(_Section):
 
     flip: bool = True
     rot90: bool = True
+    rotate_degrees: float = Field(
+        default=0.0,
+        ge=0,
+        le=180,
+        description="Free rotation by U(-d, d) degrees (official: 20); label padding = ignore.",
+    )
+    rotate_p: float = Field(default=0.5, ge=0, le=1, description="Probability of the rotation.")
     optical_brightness: float = Field(default=0.0, ge=0, description="± additive shift.")
     optical_contrast: float = Field(default=0.0, ge=0, lt=1, description="× [1-c, 1+c].")
     optical_channel_gain: float = Field(

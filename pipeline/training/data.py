@@ -126,18 +126,36 @@ def area_window(area: Area, optical_uri: str, cfg: DetectConfig) -> tuple[int, i
     return r0, r1, c0, c1
 
 
+Channels = tuple[int, int]  # (optical_channels, sar_channels) of the model being trained
+
+
 def read_pair(
-    optical_uri: str, sar_uri: str, cfg: DetectConfig, window: tuple[int, int, int, int] | None
+    optical_uri: str,
+    sar_uri: str,
+    cfg: DetectConfig,
+    window: tuple[int, int, int, int] | None,
+    channels: Channels | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalised optical, normalised SAR and the valid mask of one window, as inference reads them.
 
     Both rasters must share the optical grid (same shape); reproject SAR first otherwise.
+    ``channels``: the model's channel counts; the bands are then chosen as the engine chooses them
+    (``pipeline.bands.resolve_bands``), so a model trains and detects on the same bands.
     """
+    from pipeline.bands import resolve_bands
     from pipeline.normalize import normalize_optical, normalize_sar, valid_mask
     from pipeline.scene import open_scene
 
     opt_scene = open_scene(optical_uri, "optical", cfg)
     sar_scene = open_scene(sar_uri, "sar", cfg)
+    if channels is not None:
+        resolved = resolve_bands(
+            cfg, (optical_uri, opt_scene.count), (sar_uri, sar_scene.count), *channels
+        )
+        if resolved is not cfg:
+            cfg = resolved
+            opt_scene = open_scene(optical_uri, "optical", cfg)
+            sar_scene = open_scene(sar_uri, "sar", cfg)
     if opt_scene.shape != sar_scene.shape:
         raise InputError(
             sar_uri,
@@ -192,6 +210,7 @@ def load_scene_areas(
     cfg: DetectConfig,
     split: Literal["train", "val"],
     encoding: LabelEncoding = "auto",
+    channels: Channels | None = None,
 ) -> list[LabelledArea]:
     """Read every train or val area of a scene triple into memory."""
     areas = src.train if split == "train" else src.val
@@ -208,7 +227,7 @@ def load_scene_areas(
         enc = encoding
     out = []
     for w, (raw, nodata) in zip(windows, raws, strict=True):
-        opt, sar, valid = read_pair(src.optical, src.sar, cfg, w)
+        opt, sar, valid = read_pair(src.optical, src.sar, cfg, w, channels)
         label = decode_label(raw, enc, nodata)
         out.append(_assemble(opt, sar, valid, label, f"{src.label}[{w[0]}:{w[1]},{w[2]}:{w[3]}]"))
     return out
@@ -243,7 +262,11 @@ def folder_triples(root: str | Path, split: str) -> list[tuple[Path, Path, Path]
 
 
 def load_folder_areas(
-    root: str | Path, split: str, cfg: DetectConfig, encoding: LabelEncoding = "auto"
+    root: str | Path,
+    split: str,
+    cfg: DetectConfig,
+    encoding: LabelEncoding = "auto",
+    channels: Channels | None = None,
 ) -> list[LabelledArea]:
     """Read every tile of one split (each tile is one labelled area)."""
     triples = folder_triples(root, split)
@@ -257,7 +280,7 @@ def load_folder_areas(
         enc = encoding
     out = []
     for (opt_p, sar_p, lab_p), (raw, nodata) in zip(triples, raws, strict=True):
-        opt, sar, valid = read_pair(str(opt_p), str(sar_p), cfg, None)
+        opt, sar, valid = read_pair(str(opt_p), str(sar_p), cfg, None, channels)
         if raw.shape != valid.shape:
             raise InputError(
                 str(lab_p), f"label shape {raw.shape} differs from the images' {valid.shape}"
@@ -267,21 +290,21 @@ def load_folder_areas(
 
 
 def load_areas(
-    data: DataConfig, cfg: DetectConfig
+    data: DataConfig, cfg: DetectConfig, channels: Channels | None = None
 ) -> tuple[list[LabelledArea], list[LabelledArea]]:
-    """Train and validation areas of a recipe's data section."""
+    """Train and validation areas of a recipe's data section (bands chosen for ``channels``)."""
     if data.folders is not None:
-        return _folder_splits(data.folders, cfg)
+        return _folder_splits(data.folders, cfg, channels)
     train, val = [], []
     for src in data.scenes:
-        train += load_scene_areas(src, cfg, "train")
+        train += load_scene_areas(src, cfg, "train", channels=channels)
         if src.val:
-            val += load_scene_areas(src, cfg, "val")
+            val += load_scene_areas(src, cfg, "val", channels=channels)
     return train, val
 
 
-def _folder_splits(src: FolderSource, cfg: DetectConfig):
-    train = load_folder_areas(src.root, src.train_split, cfg)
+def _folder_splits(src: FolderSource, cfg: DetectConfig, channels: Channels | None):
+    train = load_folder_areas(src.root, src.train_split, cfg, channels=channels)
     if src.val_split is None:
         return train, []
     if not (Path(src.root) / src.val_split).is_dir():
@@ -290,7 +313,7 @@ def _folder_splits(src: FolderSource, cfg: DetectConfig):
             "has only train/ and test/: set data.folders.val_split (e.g. test, with the selection "
             "risk that brings) or null"
         )
-    return train, load_folder_areas(src.root, src.val_split, cfg)
+    return train, load_folder_areas(src.root, src.val_split, cfg, channels=channels)
 
 
 # ---------------------------------------------------------------------------------------------

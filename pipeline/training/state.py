@@ -2,8 +2,12 @@
 
 Saved beside an m2cd checkpoint (``DIR/last/train_state.safetensors`` + ``train_state.json``): the
 optimizer state flattened to ``optim.<param index>.<key>`` tensors plus its JSON param groups, the
-step, the best score so far, and the RNG states of python, numpy (global and the trainer's
-generator) and torch (CPU and CUDA). Restoring all of them makes a resumed run bit-identical.
+step, the best score so far, the RNG states of python, numpy (global and the trainer's
+generator) and torch (CPU and CUDA), and the weights of a *moving* distillation teacher (the EMA of
+the student, ``teacher.<name>`` tensors): it lives outside the student's checkpoint on purpose
+(``m2cd.distill``), yet its state shapes every later distillation loss. A frozen checkpoint teacher
+is not saved: it is reloaded (digest-checked) from its own directory. Restoring all of them makes a
+resumed run bit-identical.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
@@ -38,8 +43,12 @@ def save_state(
     rng: np.random.Generator,
     extra: dict[str, Any],
     scaler: torch.amp.GradScaler | None = None,
+    teacher: nn.Module | None = None,
 ) -> None:
-    """Write the two state files into ``path`` (each replaced atomically)."""
+    """Write the two state files into ``path`` (each replaced atomically).
+
+    ``teacher``: the network of an EMA teacher (its state changes every step), or None.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -53,6 +62,9 @@ def save_state(
                 tensors[f"optim.{pid}.{key}"] = value.detach().to("cpu").contiguous()
             else:
                 plain.setdefault(str(pid), {})[key] = value
+    if teacher is not None:
+        for name, value in teacher.state_dict().items():
+            tensors[f"teacher.{name}"] = value.detach().to("cpu").contiguous()
     tensors["rng.torch_cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -67,6 +79,7 @@ def save_state(
             "generator": rng.bit_generator.state,
         },
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "teacher": teacher is not None,
         **extra,
     }
     tmp_t = path / f".{STATE_TENSORS}.{os.getpid()}.tmp"
@@ -86,8 +99,13 @@ def load_state(
     optimizer: torch.optim.Optimizer,
     rng: np.random.Generator,
     scaler: torch.amp.GradScaler | None = None,
+    teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Restore optimizer, RNGs (and scaler) in place; returns the JSON metadata (step, best, ...)."""
+    """Restore optimizer, RNGs (scaler, EMA teacher) in place; returns the JSON metadata.
+
+    A state saved with a teacher must be restored into one and vice versa: resuming an EMA run
+    with a fresh teacher (or none) would silently change every later distillation loss.
+    """
     from safetensors.torch import load_file
 
     from pipeline.errors import InputError
@@ -130,4 +148,32 @@ def load_state(
         torch.cuda.set_rng_state_all(cuda)
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
+    _restore_teacher(path, tensors, teacher)
     return meta
+
+
+def _restore_teacher(
+    path: Path, tensors: dict[str, torch.Tensor], teacher: nn.Module | None
+) -> None:
+    from pipeline.errors import InputError
+
+    saved = {k[len("teacher.") :]: v for k, v in tensors.items() if k.startswith("teacher.")}
+    if teacher is None and not saved:
+        return
+    if teacher is None:
+        raise InputError(
+            str(path / STATE_TENSORS),
+            "holds an EMA teacher but the model being resumed has none (distill.teacher changed?)",
+        )
+    if not saved:
+        raise InputError(
+            str(path / STATE_TENSORS),
+            "holds no EMA teacher state but the model uses distill.teacher: ema; resuming would "
+            "restart the teacher from the student and not continue exactly",
+        )
+    try:
+        teacher.load_state_dict(saved, strict=True)
+    except RuntimeError as exc:
+        raise InputError(
+            str(path / STATE_TENSORS), f"EMA teacher state does not fit this model ({exc})"
+        ) from None

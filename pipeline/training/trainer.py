@@ -146,6 +146,15 @@ def validate(
     return cm.to_dict()
 
 
+def ema_teacher(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The network of the model's EMA teacher (state that moves every step and must be saved for
+    exact resume), or None for no teacher or a frozen checkpoint teacher (reloaded from disk)."""
+    from m2cd.distill import EMATeacher
+
+    teacher = getattr(model, "teacher", None)
+    return teacher.net if isinstance(teacher, EMATeacher) else None
+
+
 def _write_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
@@ -176,6 +185,7 @@ class _Stage:
         resume: bool,
     ):
         import m2cd
+        from m2cd.distill import build_teacher
 
         self.cfg, self.stage, self.dir, self.metrics_path = cfg, stage, stage_dir, metrics_path
         self.val_areas = val_areas
@@ -185,6 +195,8 @@ class _Stage:
         self.model = m2cd.build_model(stage.model, **stage.model_overrides).to(self.device)
         if init_from is not None:
             self._init_weights(init_from)
+            if ema_teacher(self.model) is not None:  # start the EMA from the loaded weights
+                self.model.attach_teacher(build_teacher(self.model.config.distill, self.model))
         self.model.train()
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
@@ -220,7 +232,7 @@ class _Stage:
         loaded = m2cd.load_checkpoint(last)
         self.model.load_state_dict(loaded.state_dict())
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
-        meta = load_state(last, self.optimizer, self.rng, self.scaler)
+        meta = load_state(last, self.optimizer, self.rng, self.scaler, ema_teacher(self.model))
         if meta.get("stage") != self.stage.name:
             raise InputError(str(last), f"training state is for stage {meta.get('stage')!r}")
         self.step = int(meta["step"])
@@ -255,6 +267,7 @@ class _Stage:
                 "train_config_digest": self.cfg.digest(),
             },
             self.scaler,
+            ema_teacher(self.model),
         )
         _replace_dir(tmp, self.dir / "last")
 
@@ -405,6 +418,26 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 # public entry point
 
 
+def recipe_channels(cfg: TrainConfig) -> tuple[int, int]:
+    """(optical, SAR) channel counts of the recipe's models; the data is read once for every
+    stage, so the stages must agree (ConfigError otherwise)."""
+    from m2cd.config import load_model_config
+
+    counts = set()
+    for stage in cfg.stages:
+        try:
+            bands = load_model_config(stage.model, **stage.model_overrides).bands
+        except ValueError as exc:
+            raise ConfigError(f"stage {stage.name!r}: model {stage.model!r}: {exc}") from None
+        counts.add((bands.optical_channels, bands.sar_channels))
+    if len(counts) > 1:
+        raise ConfigError(
+            f"the stages' models take different (optical, SAR) channel counts {sorted(counts)}; "
+            "one recipe reads one set of bands"
+        )
+    return counts.pop()
+
+
 def stage_dirs(cfg: TrainConfig, out_dir: Path) -> list[Path]:
     """Where each stage writes: the last at ``out_dir``, earlier ones under ``out_dir/stages``."""
     n = len(cfg.stages)
@@ -430,7 +463,9 @@ def train(
     out = Path(out_dir)
     if not resume and ((out / "last").exists() or (out / "stages").exists()):
         raise InputError(str(out), "holds a training run already; pass --resume or another --out")
-    train_areas, val_areas = areas if areas is not None else load_areas(cfg.data, cfg.detect)
+    if areas is None:
+        areas = load_areas(cfg.data, cfg.detect, recipe_channels(cfg))
+    train_areas, val_areas = areas
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
     dirs = stage_dirs(cfg, out)

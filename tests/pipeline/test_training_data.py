@@ -12,7 +12,13 @@ from rasterio.transform import from_origin
 
 from pipeline.config import DetectConfig
 from pipeline.errors import InputError
-from pipeline.training.augment import augment, geometric, optical_photometric, sar_radiometric
+from pipeline.training.augment import (
+    augment,
+    geometric,
+    optical_photometric,
+    rotate,
+    sar_radiometric,
+)
 from pipeline.training.config import AugmentConfig, SceneSource
 from pipeline.training.data import (
     IGNORE,
@@ -157,6 +163,58 @@ def test_geometric_augmentation_keeps_images_and_label_aligned():
         np.testing.assert_array_equal(sar[0], lab * -1.0)
         seen.add(lab.tobytes())
     assert len(seen) > 20  # it really transforms
+
+
+def _blocky_chip(rng: np.random.Generator, size: int = 48):
+    """A label of 8-px blocks (some already ignore) and images that encode it."""
+    lab = np.kron(rng.integers(0, 2, (size // 8, size // 8)), np.ones((8, 8))).astype(np.uint8)
+    lab[:8, 8:16] = IGNORE
+    opt = np.stack([lab * 1.0, lab * 2.0, lab * 3.0]).astype(np.float32) * (lab != IGNORE)
+    sar = (lab * -1.0)[None].astype(np.float32) * (lab != IGNORE)
+    return opt, sar, lab
+
+
+def test_free_rotation_keeps_the_label_aligned_and_pads_it_with_ignore():
+    import torch
+
+    from pipeline.training.trainer import segmentation_loss
+
+    rng = np.random.default_rng(7)
+    opt, sar, lab = _blocky_chip(rng)
+    # 90°: the same mapping as np.rot90 for images and label (direction and centre are right)
+    o90, s90, l90 = rotate((opt, sar, lab), 90.0)
+    np.testing.assert_array_equal(l90, np.rot90(lab))
+    np.testing.assert_allclose(o90, np.rot90(opt, axes=(1, 2)), atol=1e-4)
+    # 20°: images and label move together; corners come from outside the chip -> ignore / 0
+    o20, s20, l20 = rotate((opt, sar, lab), 20.0)
+    pad = l20 == IGNORE
+    assert pad[0, 0] and pad[0, -1] and pad[-1, 0] and pad[-1, -1]
+    corners = ([0, 0, -1, -1], [0, -1, 0, -1])
+    assert (o20[:, *corners] == 0).all() and (s20[:, *corners] == 0).all()
+    labelled = ~pad
+    agree = ((o20[2] > 1.5) == (l20 == 1))[labelled].mean()
+    assert agree > 0.95  # only block edges differ (bilinear vs nearest)
+    np.testing.assert_allclose(s20[0][labelled], -o20[2][labelled] / 3, atol=1e-5)
+    # the padding is ignored by the training loss: changing the logits there changes nothing
+    logits = torch.from_numpy(rng.normal(0, 1, (1, 2, *lab.shape)).astype(np.float32))
+    moved = logits.clone()
+    moved[0, 0][torch.from_numpy(pad)] += 50.0
+    target = torch.from_numpy(l20[None].astype(np.int64))
+    from pipeline.training.config import TrainConfig
+
+    cfg = TrainConfig.model_validate(
+        {"data": {"folders": {"root": "x"}}, "loss": {"dice_weight": 1.0}}
+    )
+    a = segmentation_loss(logits, target, cfg, None)
+    b = segmentation_loss(moved, target, cfg, None)
+    assert torch.allclose(a, b)
+    # in the chain: on with rotate_p=1, off (no random draw at all) by default
+    on = AugmentConfig(flip=False, rot90=False, rotate_degrees=20, rotate_p=1.0)
+    _, _, l_on = geometric((opt, sar, lab), on, np.random.default_rng(0))
+    assert (l_on == IGNORE).sum() > (lab == IGNORE).sum()
+    off = np.random.default_rng(0)
+    geometric((opt, sar, lab), AugmentConfig(flip=False, rot90=False), off)
+    assert off.random() == np.random.default_rng(0).random()
 
 
 def test_photometric_jitter_never_touches_sar_and_sar_ops_never_touch_optical():

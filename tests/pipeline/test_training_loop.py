@@ -71,9 +71,14 @@ def test_a_few_steps_reduce_the_loss_and_write_loadable_checkpoints(tmp_path):
     assert meta["provenance"]["val_metrics"]["f1"] == result.best_metrics["f1"]
 
 
+EMA = {"distill.teacher": "ema", "distill.ema_decay": 0.5}
+
+
 @pytest.mark.slow
-def test_resume_continues_bit_exactly(tmp_path):
-    cfg = _cfg(stages=[{"model": "tiny", "steps": 4}], val_every=2, checkpoint_every=2)
+def test_resume_continues_bit_exactly_with_an_ema_teacher(tmp_path):
+    # the EMA teacher lives outside the student's checkpoint; its state must travel in last/
+    stage = {"model": "tiny", "model_overrides": EMA, "steps": 4}
+    cfg = _cfg(stages=[stage], val_every=2, checkpoint_every=2)
     train(cfg, tmp_path / "straight", areas=AREAS)
     train(cfg, tmp_path / "split", areas=AREAS, max_steps=2)  # interrupted after its checkpoint
     state = json.loads((tmp_path / "split" / "last" / "train_state.json").read_text())
@@ -87,7 +92,18 @@ def test_resume_continues_bit_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     sa = load_file(str(tmp_path / "straight" / "last" / "train_state.safetensors"))
     sb = load_file(str(tmp_path / "split" / "last" / "train_state.safetensors"))
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)  # optimizer moments and RNG too
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)  # optimizer moments, RNG, teacher too
+    teacher = {k[len("teacher.") :]: v for k, v in sa.items() if k.startswith("teacher.")}
+    assert teacher.keys() == a.keys()  # the whole teacher network is saved ...
+    assert any(not torch.equal(teacher[k], a[k]) for k in a)  # ... and it lags the student
+
+
+def test_resume_refuses_a_state_without_the_ema_teacher(tmp_path):
+    train(_cfg(stages=[{"model": "tiny", "steps": 2}]), tmp_path / "run", areas=AREAS, max_steps=1)
+    ema = _cfg(stages=[{"model": "tiny", "model_overrides": EMA, "steps": 2}])
+    with pytest.raises(InputError, match="train_state.safetensors.*EMA teacher"):
+        train(ema, tmp_path / "run", areas=AREAS, resume=True)
 
 
 def test_stage_two_starts_from_stage_one_best_with_o2sp(tmp_path):
