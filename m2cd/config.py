@@ -144,17 +144,19 @@ class ModelConfig(_Section):
     pad_multiple: int = Field(default=32, ge=1)
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` laid over `base`, recursing into mappings (every config layer merges this way)."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
 
 
-def _nest(overrides: dict[str, Any]) -> dict[str, Any]:
+def dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    """{"moe.top_k": 1} -> {"moe": {"top_k": 1}}: CLI `--set` and flow parameters use dotted keys."""
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
         node = nested
@@ -162,7 +164,7 @@ def _nest(overrides: dict[str, Any]) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
         if isinstance(value, dict) and isinstance(node.get(leaf), dict):
-            node[leaf] = _deep_merge(node[leaf], value)
+            node[leaf] = deep_merge(node[leaf], value)
         else:
             node[leaf] = value
     return nested
@@ -207,5 +209,5 @@ def load_model_config(
             data = _read_yaml(named)
             data.setdefault("name", str(source))
     if overrides:
-        data = _deep_merge(data, _nest(overrides))
+        data = deep_merge(data, dotted_to_nested(overrides))
     return ModelConfig.model_validate(data)

@@ -158,7 +158,7 @@ def convert_checkpoint(
 ) -> str:
     """Convert an official checkpoint file into our checkpoint directory; returns its digest."""
     from m2cd.checkpoint import save_checkpoint
-    from m2cd.config import _deep_merge
+    from m2cd.config import deep_merge
     from m2cd.model import build_model
 
     official = load_official(src)
@@ -168,7 +168,7 @@ def convert_checkpoint(
     )
     if o2sp:
         cfg["o2sp"] = {"enabled": True}
-    cfg = _deep_merge(cfg, extra_config or {})
+    cfg = deep_merge(cfg, extra_config or {})
     model = build_model(cfg, with_teacher=False)
     state = convert_state_dict(official)
     missing, unexpected = model.load_state_dict(state, strict=False)

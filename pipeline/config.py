@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from m2cd.config import deep_merge, dotted_to_nested
 from pipeline.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -33,7 +34,9 @@ class OpticalConfig(_Section):
             " (8-bit full scale maps onto the clip), 1 for float."
         ),
     )
-    max_reflectance: float = Field(default=0.5, gt=0, description="Reflectance clip before scaling.")
+    max_reflectance: float = Field(
+        default=0.5, gt=0, description="Reflectance clip before scaling."
+    )
     nodata: float | None = Field(default=None, description="Overrides the file's nodata value.")
 
     @field_validator("scale")
@@ -135,28 +138,6 @@ class DetectConfig(_Section):
     )
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:
-    """{"tiling.tile": 512} -> {"tiling": {"tile": 512}} (CLI and flow parameters)."""
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested
-
-
 def _allowed_keys(model: type[BaseModel] | None, path: tuple[Any, ...]) -> list[str] | None:
     """The field names of the section at `path` inside `model` (None when it cannot be followed)."""
     for part in path:
@@ -204,7 +185,7 @@ def load_detect_config(
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if overrides:
-        data = _deep_merge(data, dotted_to_nested(overrides))
+        data = deep_merge(data, dotted_to_nested(overrides))
     try:
         return DetectConfig.model_validate(data)
     except ValidationError as exc:

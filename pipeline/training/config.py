@@ -15,7 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.config import DetectConfig, _deep_merge, dotted_to_nested, format_validation_error
+from m2cd.config import deep_merge, dotted_to_nested
+from pipeline.config import DetectConfig, format_validation_error
 from pipeline.errors import ConfigError
 
 TRAIN_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "train"
@@ -233,7 +234,7 @@ def load_train_config(
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a train config must be a mapping")
     if overrides:
-        data = _deep_merge(data, dotted_to_nested(overrides))
+        data = deep_merge(data, dotted_to_nested(overrides))
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
