@@ -4,9 +4,4 @@ Add one line per command module.
 """
 
 # ruff: noqa: F401
-from pipeline.cli import detect
-from pipeline.cli import bench
-from pipeline.cli import synth
-from pipeline.cli import convert
-from pipeline.cli import train
-from pipeline.cli import evaluate
+from pipeline.cli import bench, convert, detect, evaluate, synth, train
