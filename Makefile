@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 test: venv
+	$(BIN)/ruff check --quiet .
+	$(BIN)/ruff format --check --quiet .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: venv

@@ -120,15 +120,35 @@ class MiTEncoder(Encoder):
         )
         return embed(x)  # N×H×W×C, what timm's first stage expects
 
+    # CPU inference runs each stage's blocks on groups of images whose Mix-FFN hidden map
+    # (tokens × 4C floats) is about this size: in cache, yet few groups (few thread barriers).
+    cpu_chunk_bytes = 16 << 20
+
     def stage(self, i: int, x: Tensor) -> Tensor:
-        """timm's stage forward without its final NCHW copy: returns a channels_last view."""
+        """timm's stage forward without its final NCHW copy: returns a channels_last view.
+
+        On CPU without autograd the blocks run on a few images at a time (every block op is
+        per image, so the result is the same): the early stages' activations (67 MB for the
+        stage-1 Mix-FFN hidden map of 16 images at 256²) then stay in cache and below glibc's
+        mmap threshold, instead of being page-faulted in and streamed through DRAM each time.
+        """
         st = self.stages[i]
         if st.downsample is not None:
             x = st.downsample(x)  # NCHW (any memory format) -> N×H×W×C
         n, h, w, c = x.shape
         x = x.reshape(n, h * w, c)
-        for blk in st.blocks:
-            x = blk(x, (h, w))
+        group = max(1, self.cpu_chunk_bytes // (h * w * 4 * c * x.element_size()))
+        if x.device.type == "cpu" and not torch.is_grad_enabled() and group < n:
+            out = torch.empty_like(x)
+            for start in range(0, n, group):
+                y = x[start : start + group]
+                for blk in st.blocks:
+                    y = blk(y, (h, w))
+                out[start : start + group] = y
+            x = out
+        else:
+            for blk in st.blocks:
+                x = blk(x, (h, w))
         return st.norm(x).view(n, h, w, c).permute(0, 3, 1, 2)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +149,25 @@ class M2CD(nn.Module):
             d = self.config.distill
             aux["distill"] = d.weight * distill_kl(logits, t_logits, d.temperature)
         return logits, aux
+
+
+@contextmanager
+def reference_order(model: nn.Module) -> Iterator[None]:
+    """Within the block the MoEs and the decoder run in the official order.
+
+    The official order is the sparse per-expert MoE (each expert only on its routed tokens) and
+    the resize-concatenate-fuse decoder: the architecture's own FLOPs (spec §12), for
+    `m2cd bench model`'s model-FLOP count and for tests. It has data-dependent shapes and host
+    syncs, so it is never the default.
+    """
+    mods = [m for m in model.modules() if isinstance(m, (MoE, MLPDecoder))]
+    for m in mods:
+        m.reference = True
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.reference = False
 
 
 def build_model(

@@ -10,6 +10,7 @@ tiles/s, so 1.0 means the engine adds nothing to the model's own time.
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -91,6 +92,7 @@ def run(
         predictor = Predictor(net, batch_size, dev, inf.precision, inf.channels_last)
         optical, sar = _tiles_in_memory(plan, net)
         _forward_seconds(predictor, optical[:batch_size], sar[:batch_size], batch_size)  # warm-up
+        load_before = os.getloadavg()[0]
         forward, end_to_end, runs = [], [], 0
         for r in range(repeats):
             forward.append(_forward_seconds(predictor, optical, sar, batch_size))
@@ -122,6 +124,7 @@ def run(
             "detect_mpx_per_s": round(size * size / 1e6 / statistics.median(end_to_end), 4),
             "efficiency": round(e2e_rate / fwd_rate, 4),
             "goal": 0.85,
+            "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }
 
 

@@ -70,10 +70,13 @@ def bench_memory(
     block: int = typer.Option(2048, "--block", min=64),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda"),
+    cache_dir: str | None = typer.Option(
+        None, "--cache-dir", help="Keep the synthetic inputs here and reuse them next time."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Peak RSS of the large scene ÷ the small one, each detect in a fresh subprocess."""
     from pipeline.bench.memory import format_table, run
 
-    result = run(small, large, model, tile, overlap, block, batch_size, device)
+    result = run(small, large, model, tile, overlap, block, batch_size, device, None, cache_dir)
     typer.echo(json.dumps(result) if as_json else format_table(result))
