@@ -17,7 +17,7 @@ import pytest
 import yaml
 from distributed import WorkerPlugin
 
-from tests.fixtures.prefect import stop_process
+from flows.serve import stop
 from tests.flows.conftest import DETECT_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,7 +91,7 @@ def served(prefect_server, s3_server, region_yaml, tmp_path_factory):
         _wait(ready, 120, "the served deployments")
         yield env | {"_log": str(home / "runner.log")}
     finally:
-        stop_process(proc)  # before the server fixture stops the server
+        stop(proc, "served flow", timeout=20)  # before the server fixture stops the server
         log.close()
 
 

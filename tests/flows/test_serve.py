@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures.prefect import free_port, prefect_base_env, stop_process
+from flows.serve import stop
+from tests.fixtures.prefect import free_port, prefect_base_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,7 +60,7 @@ def test_serve_registers_deployments_and_stops_runner_then_server(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=90)
     finally:
-        stop_process(proc)
+        stop(proc, "m2cd serve", timeout=20)
     assert proc.returncode == 0, out
     assert out.index("stopping runner") < out.index("stopping prefect server")
     assert not _healthy(api)

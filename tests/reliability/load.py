@@ -160,7 +160,8 @@ def main() -> None:
     import sys
     import tempfile
 
-    from tests.fixtures.prefect import free_port, prefect_base_env, stop_process, wait_healthy
+    from flows.serve import stop, wait_healthy
+    from tests.fixtures.prefect import free_port, prefect_base_env
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=20)
@@ -177,12 +178,12 @@ def main() -> None:
         with open(home / "server.log", "wb") as log:
             server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_healthy(api_url, server)
+            wait_healthy(api_url, server, timeout=90)
             os.environ.update(prefect_base_env(home, api_url))
             result = run_load(Path(tmp) / "work", api_url, args.pairs, args.runs,
                               args.new_per_run, server.pid)  # fmt: skip
         finally:
-            stop_process(server)
+            stop(server, "prefect server", timeout=20)
     print(json.dumps(result, indent=1))
 
 
