@@ -46,7 +46,12 @@ def detect_command(
     batch_size: Annotated[int | None, typer.Option(help="Tiles per batch [8].")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [auto].")] = None,
     threshold: Annotated[float | None, typer.Option(help="Change threshold [0.5].")] = None,
-    workers: Annotated[int, typer.Option(help="Local worker processes for blocks.")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Blocks run at once, as threads of this process (products are identical for any count)."
+        ),
+    ] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace products of another run.")] = False,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")
