@@ -6,13 +6,15 @@ Every section forbids unknown keys, so a typo names the field instead of being i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from m2cd.config import deep_merge, dotted_to_nested
 from pipeline.errors import ConfigError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -165,28 +167,43 @@ def format_validation_error(
     return f"{source}: invalid config\n  " + "\n  ".join(lines)
 
 
-def load_detect_config(
-    source: str | Path | dict[str, Any] | None = None, overrides: dict[str, Any] | None = None
-) -> DetectConfig:
-    """Load a DetectConfig from a YAML file, a named config in configs/pipeline/, or a dict."""
+def load_validated(
+    model: type[ModelT],
+    source: str | Path | dict[str, Any] | None,
+    overrides: dict[str, Any] | None,
+    named_dir: Path,
+    kind: str,
+) -> ModelT:
+    """A config of type `model` from a YAML path, a name in `named_dir`, or a dict, with dotted
+    overrides on top; every failure is a ConfigError naming the file, the field and what is allowed."""
     data: dict[str, Any] = {}
-    label = "config"
+    label = kind
     if isinstance(source, dict):
-        data = source
+        data = dict(source)
     elif source is not None:
         path = Path(source)
-        if not path.suffix and (CONFIG_DIR / "pipeline" / f"{source}.yaml").exists():
-            path = CONFIG_DIR / "pipeline" / f"{source}.yaml"
-        if not path.exists():
-            raise ConfigError(f"{path}: config file not found")
+        named = named_dir / f"{source}.yaml"
+        if not path.suffix and named.exists():
+            path = named
+        if not path.is_file():
+            raise ConfigError(f"{path}: {kind} file not found")
         label = str(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a {kind} must be a mapping")
     if overrides:
         data = deep_merge(data, dotted_to_nested(overrides))
     try:
-        return DetectConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, label, DetectConfig)) from None
+        raise ConfigError(format_validation_error(exc, label, model)) from None
+
+
+def load_detect_config(
+    source: str | Path | dict[str, Any] | None = None, overrides: dict[str, Any] | None = None
+) -> DetectConfig:
+    """Load a DetectConfig from a YAML file, a named config in configs/pipeline/, or a dict."""
+    return load_validated(DetectConfig, source, overrides, CONFIG_DIR / "pipeline", "config")

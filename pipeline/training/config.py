@@ -12,11 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from m2cd.config import deep_merge, dotted_to_nested
-from pipeline.config import DetectConfig, format_validation_error
+from pipeline.config import DetectConfig, load_validated
 from pipeline.errors import ConfigError
 
 TRAIN_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "train"
@@ -217,25 +215,4 @@ def load_train_config(
     source: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
     """Load from a YAML path, a name in configs/train/, or a dict; dotted overrides on top."""
-    label = "train config"
-    if isinstance(source, dict):
-        data = dict(source)
-    else:
-        path = Path(source)
-        if not path.suffix and (TRAIN_CONFIG_DIR / f"{source}.yaml").exists():
-            path = TRAIN_CONFIG_DIR / f"{source}.yaml"
-        if not path.is_file():
-            raise ConfigError(f"{path}: train config file not found")
-        label = str(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: a train config must be a mapping")
-    if overrides:
-        data = deep_merge(data, dotted_to_nested(overrides))
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, label)) from None
+    return load_validated(TrainConfig, source, overrides, TRAIN_CONFIG_DIR, "train config")
