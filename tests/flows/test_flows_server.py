@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from distributed import WorkerPlugin
 
 from flows.serve import stop
 from tests.flows.conftest import DETECT_OVERRIDES
+from tests.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCTS = {"change.zarr", "change_prob.tif", "change_mask.tif", "change.geojson", "item.json"}
@@ -30,16 +30,6 @@ def _client(api_url: str):
     from prefect.client.orchestration import SyncPrefectClient
 
     return SyncPrefectClient(api_url)
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +78,7 @@ def served(prefect_server, s3_server, region_yaml, tmp_path_factory):
         return {"local", "testvalley"} <= names and len(client.read_automations()) >= 1
 
     try:
-        _wait(ready, 120, "the served deployments")
+        wait_for(ready, 120, "the served deployments", interval=1.0)
         yield env | {"_log": str(home / "runner.log")}
     finally:
         stop(proc, "served flow", timeout=20)  # before the server fixture stops the server
@@ -177,7 +167,7 @@ def test_labels_event_starts_a_retrain_run_that_registers(
             return runs
         return None
 
-    [run] = _wait(finished, 240, "the triggered retrain run", interval=2)
+    [run] = wait_for(finished, 240, "the triggered retrain run", interval=2)
     assert run.state.is_completed(), Path(served["_log"]).read_text()[-3000:]
     assert run.parameters["data"].startswith(str(tmp_path / "pushed" / "labels"))
     reg = Registry(registry)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.run import finalize_run, pending_blocks, plan_run
+from tests.polling import wait_for
 from tests.reliability.support import (
     REPO,
     cli_env,
@@ -44,16 +45,6 @@ def clean(pair, tmp_path_factory):
     return fingerprint(out)
 
 
-def _wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 @pytest.mark.slow
 def test_a_worker_killed_mid_block_is_retried_elsewhere(pair, clean, tmp_path):
     from dask.distributed import Client, LocalCluster
@@ -82,7 +73,7 @@ def test_a_worker_killed_mid_block_is_retried_elsewhere(pair, clean, tmp_path):
                     return block_id, pid
             return None
 
-        victim_block, victim = _wait_for(half_done_block, 180, "a block in progress")
+        victim_block, victim = wait_for(half_done_block, 180, "a block in progress", interval=0.05)
         os.kill(victim, signal.SIGKILL)
         results = client.gather(futures)
         survivors = set(client.run(os.getpid).values())
@@ -105,9 +96,7 @@ def test_kill_9_of_the_whole_run_resumes_without_recomputing(pair, clean, tmp_pa
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     markers = lambda: list(out.glob(".m2cd/*/blocks/*.json"))  # noqa: E731
-    _wait_for(
-        lambda: len(markers()) >= 3 or proc.poll() is not None, 240, "3 finished blocks", 0.01
-    )
+    wait_for(lambda: len(markers()) >= 3 or proc.poll() is not None, 240, "3 finished blocks", 0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole run (CLI and any child), like an OOM kill
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
@@ -166,7 +155,7 @@ def test_s3_server_killed_mid_run_fails_clearly_and_resumes(pair, clean, tmp_pat
             except OSError:
                 return []
 
-        _wait_for(lambda: len(markers()) >= 2 or proc.poll() is not None, 240, "2 blocks", 0.1)
+        wait_for(lambda: len(markers()) >= 2 or proc.poll() is not None, 240, "2 blocks", 0.1)
         server.kill()
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 3, err  # transient: retry later
@@ -282,7 +271,7 @@ def test_s3_outage_during_a_detect_scene_flow_is_bridged_by_task_retries(
                 except OSError:
                     return 0
 
-            _wait_for(lambda: blocks() >= 2, 300, "2 finished blocks", 0.1)
+            wait_for(lambda: blocks() >= 2, 300, "2 finished blocks", 0.1)
             outage["blocks_before"] = blocks()
             server.kill()
             time.sleep(3)
