@@ -109,7 +109,18 @@ class InferenceConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
-    prefetch: int = Field(default=2, ge=0, description="Batches the reader runs ahead of compute.")
+    prefetch: int | Literal["auto"] = Field(
+        default="auto",
+        description="Batches the reader runs ahead of compute; auto: 2 where it has spare CPU "
+        "(a GPU run, s3:// inputs, or fewer model threads than cores), else 0.",
+    )
+
+    @field_validator("prefetch")
+    @classmethod
+    def _prefetch_not_negative(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("prefetch must be 'auto' or an integer ≥ 0")
+        return value
 
 
 class ProductConfig(_Section):
@@ -119,6 +130,12 @@ class ProductConfig(_Section):
     min_mapping_unit_px: int = Field(default=0, ge=0, description="Smaller polygons are dropped.")
     cog_blocksize: int = Field(
         default=512, ge=64, le=4096, multiple_of=16, description="COG tile size (GeoTIFF: ×16)."
+    )
+    cog_deflate_level: int = Field(
+        default=1,
+        ge=1,
+        le=9,
+        description="DEFLATE level of the COGs: 1 writes 1.6× faster than 6 for ~2 % more bytes.",
     )
     quicklook_max_size: int = Field(default=1024, ge=64)
     wgs84_geojson: bool = Field(

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
@@ -112,6 +111,7 @@ class WarpedScene:
         try:
             part = self._warp(inner, src_nodata)
         except RasterioIOError as exc:
+            self.source.datasets.discard()
             raise read_failure(self.uri, inner, exc) from None
         r, c = inner.row0 - window.row0, inner.col0 - window.col0
         out[:, r : r + inner.height, c : c + inner.width] = part
@@ -120,22 +120,19 @@ class WarpedScene:
     def _warp(self, inner: Window, src_nodata: float) -> np.ndarray:
         with storage.gdal_env(self.uri), warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with (
-                rasterio.open(self.source.path) as src,
-                WarpedVRT(
-                    src,
-                    crs=self.grid.crs,
-                    transform=self.grid.transform,
-                    width=self.shape[1],
-                    height=self.shape[0],
-                    resampling=Resampling[self.resampling],
-                    src_nodata=src_nodata,
-                    nodata=src_nodata,
-                    tolerance=1e-9,  # ~exact transformer: pixel values never depend on the window
-                    XSCALE=repr(self.scale[0]),
-                    YSCALE=repr(self.scale[1]),
-                ) as vrt,
-            ):
+            with WarpedVRT(
+                self.source.datasets.get(),
+                crs=self.grid.crs,
+                transform=self.grid.transform,
+                width=self.shape[1],
+                height=self.shape[0],
+                resampling=Resampling[self.resampling],
+                src_nodata=src_nodata,
+                nodata=src_nodata,
+                tolerance=1e-9,  # ~exact transformer: pixel values never depend on the window
+                XSCALE=repr(self.scale[0]),
+                YSCALE=repr(self.scale[1]),
+            ) as vrt:
                 return vrt.read(self.bands, window=inner.to_rasterio())
 
     @property

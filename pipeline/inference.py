@@ -9,8 +9,10 @@ block size: products are byte-identical across block sizes, worker counts and re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import queue
 import threading
 import warnings
@@ -354,6 +356,33 @@ def _iter_batches(
         yield flush()
 
 
+def read_ahead_depth(setting: int | str, device: Any, remote_inputs: bool) -> int:
+    """Batches to read ahead: `auto` reads ahead only where the reader has CPU to itself.
+
+    On a CPU run whose intra-op threads cover every core, a read-ahead thread has nothing to
+    overlap with and stalls the model's thread barriers (measured: -11 % end to end on 2 cores),
+    so it reads in line. A GPU run, network reads (s3://) and spare cores all leave room.
+    """
+    if setting != "auto":
+        return int(setting)
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    spare_cpu = torch.get_num_threads() < (cores or 1)
+    return 2 if device.type != "cpu" or remote_inputs or spare_cpu else 0
+
+
+def _yield_cores() -> None:
+    """Put the reader thread in Linux's SCHED_IDLE class: it runs when a core would idle.
+
+    A reader competing with the model's intra-op threads on equal terms stalls their barriers far
+    beyond its own CPU time (+25 % per batch on 2 cores); at idle priority it fills the gaps
+    (network waits, a GPU computing) and yields the moment the model needs the core.
+    """
+    with contextlib.suppress(AttributeError, OSError):  # not Linux: only slower, never wrong
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+
+
 def _read_ahead(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
     """Runs the batch iterator in a thread, `depth` batches ahead (I/O overlaps compute)."""
     if depth <= 0:
@@ -364,6 +393,7 @@ def _read_ahead(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
     stop = threading.Event()
 
     def work() -> None:
+        _yield_cores()
         try:
             for b in batches:
                 while not stop.is_set():

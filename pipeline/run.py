@@ -423,7 +423,13 @@ def run_block(
     block = plan.blocks[block_id]
     if (done := _block_done(plan, block)) is not None:
         return BlockResult(**{**done, "resumed": True})
-    from pipeline.inference import Predictor, load_model, predict_block, resolve_device
+    from pipeline.inference import (
+        Predictor,
+        load_model,
+        predict_block,
+        read_ahead_depth,
+        resolve_device,
+    )
     from pipeline.products.zarr_store import write_region
 
     start = time.perf_counter()
@@ -445,7 +451,9 @@ def run_block(
         inf.batch_size,
         threshold=plan.config.products.threshold,
         min_valid_fraction=plan.config.tiling.min_valid_fraction,
-        prefetch=inf.prefetch,
+        prefetch=read_ahead_depth(
+            inf.prefetch, device, storage.is_remote(plan.optical) or storage.is_remote(plan.sar)
+        ),
         on_batch=on_tiles,
     )
     if on_tiles is not None and out.tiles_skipped:

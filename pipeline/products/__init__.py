@@ -9,6 +9,7 @@ renames; a system temp dir for `s3://`, then one upload per file) and published 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import rasterio
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 
 from pipeline.config import ProductConfig
 from pipeline.products.cog import GDAL_ENV, MASK_LAYER, PROBABILITY_LAYER, TiledWriter, to_cog
@@ -43,6 +46,9 @@ _INTERMEDIATE_BLOCK = 512
 log = logging.getLogger(__name__)
 
 
+_FULL_BELOW_BYTES = 1 << 20
+
+
 @contextlib.contextmanager
 def _workdir(out_prefix: str) -> Iterator[Path]:
     """A scratch dir on the same filesystem as a local prefix (atomic renames), else system temp."""
@@ -56,8 +62,21 @@ def _workdir(out_prefix: str) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+    except (RasterioError, CPLE_BaseError) as exc:
+        if (full := _disk_full_error(tmp, exc)) is None:
+            raise
+        raise full from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _disk_full_error(tmp: Path, exc: Exception) -> OSError | None:
+    """GDAL reports a full disk as a generic write error ("IO error writing tag data"), without
+    errno: an ENOSPC OSError when the scratch filesystem is in fact (nearly) full, else None."""
+    st = os.statvfs(tmp)
+    if "No space left" not in str(exc) and st.f_bavail * st.f_frsize >= _FULL_BELOW_BYTES:
+        return None
+    return OSError(errno.ENOSPC, "No space left on device", str(tmp))
 
 
 def _publish(local: Path, out_prefix: str, name: str) -> str:
@@ -110,9 +129,17 @@ def write_products(
                 mask_out.write(block.row_off, block.col_off, block.mask)
                 polygons.add(block)
             polygons.finish()
-        to_cog(prob_tiled, tmp / files["probability"], PROBABILITY_LAYER, cfg.cog_blocksize)
+        to_cog(
+            prob_tiled,
+            tmp / files["probability"],
+            PROBABILITY_LAYER,
+            cfg.cog_blocksize,
+            cfg.cog_deflate_level,
+        )
         prob_tiled.unlink()
-        to_cog(mask_tiled, tmp / files["mask"], MASK_LAYER, cfg.cog_blocksize)
+        to_cog(
+            mask_tiled, tmp / files["mask"], MASK_LAYER, cfg.cog_blocksize, cfg.cog_deflate_level
+        )
         mask_tiled.unlink()
         write_quicklook(meta, tmp / files["mask"], tmp / files["quicklook"], cfg.quicklook_max_size)
         summary = ChangeSummary(

@@ -36,6 +36,8 @@ def test_bench_pipeline_reports_efficiency_on_the_same_tiles(capsys):
     )
     assert r["tiles"] == 9 and r["tile_runs"] == 9  # one block: no halo re-runs
     assert r["forward_tiles_per_s"] > 0 and r["detect_tiles_per_s"] > 0
+    # one repeat: the detect against the mean of the forward passes either side of it
+    assert r["efficiency_per_repeat"] == [r["efficiency"]]
     assert r["efficiency"] == pytest.approx(
         r["detect_tiles_per_s"] / r["forward_tiles_per_s"], rel=1e-2
     )

@@ -6,12 +6,14 @@ so seams and stitching errors are measurable; the full model runs in test_engine
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from pipeline.errors import InputError
-from pipeline.inference import Predictor, predict_block
+from pipeline.inference import Predictor, predict_block, read_ahead_depth
 from pipeline.tiling import Extent, TileGrid, plan_blocks
 from tests.pipeline.engine_support import SmoothModel, array_reader, smooth_scene
 
@@ -57,6 +59,27 @@ def test_products_are_byte_identical_for_any_block_size(scene, predictor):
         for a, b in zip(ref[:3], other[:3], strict=True):
             assert a.tobytes() == b.tobytes()
     assert not np.isnan(ref[0]).any() and (ref[2] == 1).all()
+
+
+def test_reading_ahead_or_in_line_gives_the_same_bytes(scene, predictor):
+    optical, sar = scene
+    ahead = stitch(optical, sar, predictor, block=128, prefetch=2)
+    in_line = stitch(optical, sar, predictor, block=128, prefetch=0)
+    for a, b in zip(ahead[:3], in_line[:3], strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_auto_reads_ahead_only_where_the_reader_has_cpu_to_itself(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 64)  # the model holds every core
+    assert read_ahead_depth("auto", cpu, remote_inputs=False) == 0
+    assert read_ahead_depth("auto", cpu, remote_inputs=True) == 2  # network waits free the cores
+    assert read_ahead_depth("auto", cuda, remote_inputs=False) == 2
+    assert read_ahead_depth(3, cpu, remote_inputs=False) == 3  # an explicit depth is kept
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert read_ahead_depth("auto", cpu, remote_inputs=False) == (
+        2 if len(os.sched_getaffinity(0)) > 1 else 0
+    )
 
 
 def test_a_tile_gives_the_same_bytes_alone_or_in_a_full_batch(scene, predictor):

@@ -140,6 +140,7 @@ def test_checkpoint_metadata_is_json_only(checkpoint, pair, tmp_path, capsys):
         ("tilling.tile=512", ("tilling", "allowed keys: optical, sar, grid, tiling")),
         ("tiling.overlap=300", ("tiling", "overlap (300) must be smaller than tile")),
         ("products.threshold=1.5", ("products.threshold", "less than 1")),
+        ("inference.prefetch=-1", ("inference.prefetch", "'auto' or an integer ≥ 0")),
         ("sar.units=decibel", ("sar.units", "'auto', 'linear', 'amplitude' or 'db'")),
     ],
 )
