@@ -92,6 +92,7 @@ class ThreadDatasets:
         """This thread's dataset; call inside the file's GDAL environment."""
         ds = getattr(self._local, "ds", None)
         if ds is None or ds.closed:
+            storage.bound_gdal_cache()  # open datasets keep their blocks: bound the cache first
             ds = self._local.ds = rasterio.open(self.path)
         return ds
 

@@ -101,6 +101,25 @@ def gdal_options(uri: str | os.PathLike[str]) -> dict[str, str]:
     return options
 
 
+# GDAL's block cache, process-wide. Scenes keep their datasets open (pipeline.scene), so without a
+# bound the cache would grow to GDAL's default of 5 % of RAM with the scene size; 128 MiB holds a
+# block's tile strips (several 512² blocks × bands) and keeps peak RSS independent of the scene.
+GDAL_CACHE_BYTES = 128 * 1024 * 1024
+
+
+def bound_gdal_cache() -> None:
+    """Cap GDAL's block cache at GDAL_CACHE_BYTES unless the user set GDAL_CACHEMAX.
+
+    In bytes: rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax64 (a bare 64 would mean
+    64 *bytes*: every block re-decoded on each access).
+    """
+    if "GDAL_CACHEMAX" in os.environ:
+        return
+    from rasterio.env import set_gdal_config
+
+    set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_BYTES)
+
+
 @contextlib.contextmanager
 def gdal_env(uri: str | os.PathLike[str]) -> Iterator[None]:
     """Context in which rasterio/rioxarray read `uri` (an `s3://` URI goes through /vsis3/)."""

@@ -29,7 +29,7 @@ from pipeline.products.polygons import GeoJSONWriter, Part, PolygonBuilder
 from pipeline.products.quicklook import write_quicklook
 from pipeline.products.source import check_layout, iter_blocks, open_store
 from pipeline.products.stac import ChangeSummary, build_item, write_item
-from pipeline.storage import is_remote, join, put_file_atomic
+from pipeline.storage import bound_gdal_cache, is_remote, join, put_file_atomic
 
 __all__ = ["ProductMetadata", "redact_uri", "write_products", "PRODUCT_FILES"]
 
@@ -93,7 +93,7 @@ def write_products(
 ) -> dict[str, str]:
     """Write COGs, polygons, quicklook and STAC Item of a finished store; return asset → URI.
 
-    Memory is bounded by one Zarr chunk plus GDAL's 64 MiB block cache, whatever the scene size.
+    Memory is bounded by one Zarr chunk plus GDAL's bounded block cache, whatever the scene size.
     Raises InputError when the store is missing or not on the grid described by `meta`.
     """
     group = open_store(store_uri)
@@ -103,6 +103,7 @@ def write_products(
         log.warning("%s: no CRS, so no change_wgs84.geojson is written", meta.optical_uri)
     elif cfg.wgs84_geojson:
         files = {"polygons_wgs84": WGS84_GEOJSON, **files}
+    bound_gdal_cache()  # peak RSS is the same for a 4096² and a 16384² scene
     with _workdir(out_prefix) as tmp, rasterio.Env(**GDAL_ENV):
         prob_tiled, mask_tiled = tmp / "prob.tiled.tif", tmp / "mask.tiled.tif"
         mmu = cfg.min_mapping_unit_px

@@ -186,23 +186,61 @@ def areas_of(arr: dict[str, np.ndarray], windows: list[tuple[int, int, int, int]
     ]
 
 
-def predict_scene(model: Any, arr: dict[str, np.ndarray], device: Any, amp: Any) -> np.ndarray:
-    """Whole-scene forward (the scenes are < 0.6 Mpx) -> 0/1 argmax mask."""
+def predict_scene(
+    model: Any, arr: dict[str, np.ndarray], device: Any, amp: Any, tta: bool = False
+) -> np.ndarray:
+    """Whole-scene 0/1 mask: change probability ≥ 0.5."""
+    return (predict_probability(model, arr, device, amp, tta) >= 0.5).astype(np.uint8)
+
+
+def fit_threshold(prob: np.ndarray, arr: dict[str, np.ndarray]) -> float:
+    """The decision threshold (0.05 … 0.95) with the best change F1 on the *training strip*: the
+    same fitting the baselines get, never looking at the test part."""
+    from pipeline.training.evaluate import evaluate_arrays
+
+    label = np.where(arr["train"], arr["label"], IGNORE).astype(np.uint8)
+    grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
+    scores = [evaluate_arrays((prob >= t).astype(np.uint8), label)["f1"] for t in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
+def predict_probability(
+    model: Any, arr: dict[str, np.ndarray], device: Any, amp: Any, tta: bool = False
+) -> np.ndarray:
+    """Whole-scene forward (the scenes are < 0.6 Mpx) -> change probability H×W float32.
+
+    `tta`: average the change probability over the 8 flips/rotations of the pair (each mapped
+    back before averaging): the same model, no fitting, so no selection on the test part.
+    """
     from contextlib import nullcontext
 
     import torch
 
     from pipeline.normalize import match_channels
 
-    opt = match_channels(arr["optical"], model.config.bands.optical_channels)
-    sar = match_channels(arr["sar"], model.config.bands.sar_channels)
-    with torch.no_grad():
-        ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
-        with ctx:
-            logits = model(
-                torch.from_numpy(opt)[None].to(device), torch.from_numpy(sar)[None].to(device)
-            )
-    return logits.float().argmax(1)[0].cpu().numpy().astype(np.uint8)
+    opt = torch.from_numpy(match_channels(arr["optical"], model.config.bands.optical_channels))
+    sar = torch.from_numpy(match_channels(arr["sar"], model.config.bands.sar_channels))
+    views = [(k, flip) for k in range(4) for flip in (False, True)] if tta else [(0, False)]
+    prob = torch.zeros(opt.shape[-2:])
+    for k, flip in views:
+
+        def there(x: Any, k: int = k, flip: bool = flip) -> Any:
+            x = torch.rot90(x, k, dims=(-2, -1))
+            return torch.flip(x, dims=(-1,)) if flip else x
+
+        def back(x: Any, k: int = k, flip: bool = flip) -> Any:
+            x = torch.flip(x, dims=(-1,)) if flip else x
+            return torch.rot90(x, -k, dims=(-2, -1))
+
+        with torch.no_grad():
+            ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
+            with ctx:
+                logits = model(
+                    there(opt)[None].contiguous().to(device),
+                    there(sar)[None].contiguous().to(device),
+                )
+        prob += back(torch.softmax(logits.float(), 1)[0, 1].cpu())
+    return (prob / len(views)).numpy().astype(np.float32)
 
 
 def run_finetune(
@@ -217,6 +255,7 @@ def run_finetune(
     data_root: str,
     sets: dict[str, Any] | None = None,
     tag: str = "",
+    with_tta: bool = False,
 ) -> None:
     import m2cd
     from pipeline.training.config import load_train_config
@@ -257,23 +296,29 @@ def run_finetune(
                 seconds = time.time() - t0
                 device = resolve_device(cfg.device)
                 model = m2cd.load_checkpoint(result.best, map_location=device)
-                pred = predict_scene(model, arr, device, resolve_precision(device, cfg.precision))
-                rec = {
-                    "kind": "finetune",
-                    "scene": name,
-                    "variant": variant + tag,
-                    "seed": seed,
-                    "overrides": sets or {},
-                    "steps": stage.steps,
-                    "recipe": recipe,
-                    "train_seconds": round(seconds, 1),
-                    "device": str(device),
-                    **split_stats(arr),
-                    **test_metrics(pred, arr),
-                }
-                with open(out, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                print(json.dumps(rec), flush=True)
+                amp = resolve_precision(device, cfg.precision)
+                for tta in (False, True) if with_tta else (False,):
+                    prob = predict_probability(model, arr, device, amp, tta=tta)
+                    fitted = fit_threshold(prob, arr)
+                    for suffix, threshold in (("", 0.5), ("_cal", fitted)):
+                        pred = (prob >= threshold).astype(np.uint8)
+                        rec = {
+                            "kind": "finetune",
+                            "scene": name,
+                            "variant": variant + tag + ("_tta" if tta else "") + suffix,
+                            "seed": seed,
+                            "overrides": sets or {},
+                            "steps": stage.steps,
+                            "recipe": recipe,
+                            "threshold": threshold,
+                            "train_seconds": round(seconds, 1),
+                            "device": str(device),
+                            **split_stats(arr),
+                            **test_metrics(pred, arr),
+                        }
+                        with open(out, "a") as f:
+                            f.write(json.dumps(rec) + "\n")
+                        print(json.dumps(rec), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,6 +393,11 @@ def main(argv: list[str] | None = None) -> int:
         help="recipe override, e.g. data.min_change_fraction=0 (repeatable)",
     )
     f.add_argument("--tag", default="", help="suffix of the variant name in the results")
+    f.add_argument(
+        "--tta",
+        action="store_true",
+        help="also score the same weights with 8-view flip/rotation averaging (variant + _tta)",
+    )
     f.add_argument("--data-root", default="../shared/data/real", help="recorded in the config only")
     t = sub.add_parser("table")
     t.add_argument("--results", type=Path, nargs="+", required=True)
@@ -371,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             args.data_root,
             _parse_sets(args.set),
             args.tag,
+            args.tta,
         )
     else:
         print(table(args.results))

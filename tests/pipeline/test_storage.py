@@ -117,3 +117,28 @@ def test_s3_zarr_v3_store(s3_env):
     got = again["prob"][:]
     assert (got[32:, :32] == 7).all() and (got[:32] == 255).all()
     assert storage.exists(storage.join(uri, "zarr.json"))
+
+
+def test_gdal_block_cache_is_bounded_in_bytes_unless_the_user_set_it(monkeypatch, tmp_path):
+    """A bare `GDAL_CACHEMAX=64` through rasterio means 64 *bytes* (every block decoded again on
+    each access); reading a scene bounds the cache at 128 MiB, and a user's setting is kept."""
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    from pipeline.config import DetectConfig
+    from pipeline.scene import Window, open_scene
+    from pipeline.synth import synth_pair
+
+    pair = synth_pair(tmp_path / "pair", size=(64, 64), seed=1)
+    before = get_gdal_config("GDAL_CACHEMAX")
+    try:
+        set_gdal_config("GDAL_CACHEMAX", 1 << 30)
+        monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+        scene = open_scene(str(pair.optical), "optical", DetectConfig())
+        scene.read_window(Window(0, 32, 0, 32))
+        assert get_gdal_config("GDAL_CACHEMAX") == storage.GDAL_CACHE_BYTES == 128 * 1024 * 1024
+        set_gdal_config("GDAL_CACHEMAX", 1 << 30)
+        monkeypatch.setenv("GDAL_CACHEMAX", "512")
+        storage.bound_gdal_cache()
+        assert get_gdal_config("GDAL_CACHEMAX") == 1 << 30
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", before)
