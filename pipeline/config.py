@@ -109,6 +109,11 @@ class InferenceConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
+    tta: bool = Field(
+        default=False,
+        description="Average the change probability over the 8 flips/rotations of each tile "
+        "(8× the model time; EVALUATION.md measures what it buys).",
+    )
     prefetch: int | Literal["auto"] = Field(
         default="auto",
         description="Batches the reader runs ahead of compute; auto: 2 where it has spare CPU "

@@ -238,11 +238,13 @@ class Predictor:
         device: Any = None,
         precision: str = "fp32",
         channels_last: bool = True,
+        tta: bool = False,
     ):
         import torch
 
         self.device = device if device is not None else torch.device("cpu")
         self.batch_size = batch_size
+        self.views = DIHEDRAL if tta else DIHEDRAL[:1]
         self.dtype = autocast_dtype(self.device, precision)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         with (
@@ -275,10 +277,39 @@ class Predictor:
             if self.dtype is not None
             else nullcontext()
         )
-        with torch.inference_mode(), amp:
-            logits = self.model(opt, s)
-        prob = torch.softmax(logits.float(), dim=1)[:, 1]
+        prob = None
+        for k, flip in self.views:  # each view mapped back, summed in a fixed order
+            with torch.inference_mode(), amp:
+                logits = self.model(to_view(opt, k, flip), to_view(s, k, flip))
+            p = from_view(torch.softmax(logits.float(), dim=1)[:, 1], k, flip)
+            prob = p if prob is None else prob + p
+        if len(self.views) > 1:
+            prob = prob / len(self.views)
         return prob[:n].cpu().numpy().astype(np.float32, copy=False)
+
+
+# the 8 flips/rotations of a square tile: (quarter turns, then a left-right flip)
+DIHEDRAL = tuple((k, flip) for k in range(4) for flip in (False, True))
+
+
+def to_view(x: Any, k: int, flip: bool) -> Any:
+    """`x` (…×H×W) turned `k` quarter turns, then flipped left-right when `flip`."""
+    import torch
+
+    if k == 0 and not flip:
+        return x
+    x = torch.rot90(x, k, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if flip else x
+
+
+def from_view(x: Any, k: int, flip: bool) -> Any:
+    """The inverse of `to_view`: maps a view's output back onto the tile."""
+    import torch
+
+    if k == 0 and not flip:
+        return x
+    x = torch.flip(x, dims=(-1,)) if flip else x
+    return torch.rot90(x, -k, dims=(-2, -1))
 
 
 @dataclass

@@ -442,7 +442,9 @@ def run_block(
         getattr(bands, "optical_channels", None),
         getattr(bands, "sar_channels", None),
     )
-    predictor = Predictor(model, inf.batch_size, device, inf.precision, inf.channels_last)
+    predictor = Predictor(
+        model, inf.batch_size, device, inf.precision, inf.channels_last, tta=inf.tta
+    )
     out = predict_block(
         plan.tile_grid,
         block.core,

@@ -46,6 +46,12 @@ def detect_command(
     batch_size: Annotated[int | None, typer.Option(help="Tiles per batch [8].")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [auto].")] = None,
     threshold: Annotated[float | None, typer.Option(help="Change threshold [0.5].")] = None,
+    tta: Annotated[
+        bool | None,
+        typer.Option(
+            "--tta/--no-tta", help="Average over the 8 flips/rotations of each tile (8× the time)."
+        ),
+    ] = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -70,6 +76,7 @@ def detect_command(
         "inference.batch_size": batch_size,
         "inference.device": device,
         "products.threshold": threshold,
+        "inference.tta": tta,
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
     cfg = load_detect_config(config if config is not None else "default", overrides)

@@ -216,30 +216,22 @@ def predict_probability(
 
     import torch
 
+    from pipeline.inference import DIHEDRAL, from_view, to_view
     from pipeline.normalize import match_channels
 
     opt = torch.from_numpy(match_channels(arr["optical"], model.config.bands.optical_channels))
     sar = torch.from_numpy(match_channels(arr["sar"], model.config.bands.sar_channels))
-    views = [(k, flip) for k in range(4) for flip in (False, True)] if tta else [(0, False)]
+    views = DIHEDRAL if tta else DIHEDRAL[:1]
     prob = torch.zeros(opt.shape[-2:])
     for k, flip in views:
-
-        def there(x: Any, k: int = k, flip: bool = flip) -> Any:
-            x = torch.rot90(x, k, dims=(-2, -1))
-            return torch.flip(x, dims=(-1,)) if flip else x
-
-        def back(x: Any, k: int = k, flip: bool = flip) -> Any:
-            x = torch.flip(x, dims=(-1,)) if flip else x
-            return torch.rot90(x, -k, dims=(-2, -1))
-
         with torch.no_grad():
             ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
             with ctx:
                 logits = model(
-                    there(opt)[None].contiguous().to(device),
-                    there(sar)[None].contiguous().to(device),
+                    to_view(opt, k, flip)[None].contiguous().to(device),
+                    to_view(sar, k, flip)[None].contiguous().to(device),
                 )
-        prob += back(torch.softmax(logits.float(), 1)[0, 1].cpu())
+        prob += from_view(torch.softmax(logits.float(), 1)[0, 1].cpu(), k, flip)
     return (prob / len(views)).numpy().astype(np.float32)
 
 
