@@ -70,6 +70,23 @@ def test_evaluate_cli_matches_hand_computed_metrics(tmp_path, capsys):
     assert win["pixels"] == 10 and win["precision"] == pytest.approx(0.75)
 
 
+def test_evaluate_cli_fits_the_threshold_on_a_probability_raster(tmp_path, capsys):
+    prob = np.array(
+        [[0.9, 0.8, 0.7, 0.5, 0.1], [0.35, 0.3, 0.2, 0.1, 0.0], [0.1] * 5, [0.2] * 4 + [np.nan]],
+        np.float32,
+    )
+    label = _tif(tmp_path / "label.tif", LABEL)
+    path = _tif(tmp_path / "change_prob.tif", prob, nodata=float("nan"))
+    assert main(["evaluate", "--prob", path, "--label", label]) == 0
+    got = json.loads(capsys.readouterr().out)
+    # counted change: (0,0..2), (1,0), (1,1) (the NaN pixel is not counted); 0.3 keeps all five
+    # at the cost of one false alarm, the 0.5 at (0,3): F1 10/11; 0.35 loses (1,1): F1 0.8
+    assert got["f1"] == pytest.approx(10 / 11) and got["f1_by_threshold"]["0.35"] == pytest.approx(0.8)
+    assert got["threshold"] == 0.3 and got["pixels"] == 19
+    rc = main(["evaluate", "--pred", path, "--prob", path, "--label", label])
+    assert rc == 2 and "exactly one of --pred" in capsys.readouterr().err
+
+
 def test_evaluate_cli_reports_bad_labels_without_traceback(tmp_path, capsys):
     bad = LABEL.copy()
     bad[2, 2] = 128
