@@ -39,6 +39,10 @@ def train_command(
         str | None, typer.Option(help="Model config name, e.g. siam_r18, tiny.")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps (last stage).")] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(help="Start the last stage from this checkpoint (e.g. a pretraining's best)."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Chips per step.")] = None,
     tile: Annotated[int | None, typer.Option(help="Chip size in pixels.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
@@ -93,9 +97,11 @@ def train_command(
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = yaml.safe_load(value)
     cfg = load_train_config(config or DEFAULT_RECIPE, overrides)
-    if model is not None or steps is not None:
+    if model is not None or steps is not None or init is not None:
         last = cfg.stages[-1]
-        update = {k: v for k, v in {"model": model, "steps": steps}.items() if v is not None}
+        update = {
+            k: v for k, v in {"model": model, "steps": steps, "init": init}.items() if v is not None
+        }
         cfg = cfg.model_copy(update={"stages": [*cfg.stages[:-1], last.model_copy(update=update)]})
         cfg = type(cfg).model_validate(cfg.model_dump())
     result = train(cfg, out, resume=resume)

@@ -81,7 +81,9 @@ def test_evaluate_cli_fits_the_threshold_on_a_probability_raster(tmp_path, capsy
     got = json.loads(capsys.readouterr().out)
     # counted change: (0,0..2), (1,0), (1,1) (the NaN pixel is not counted); 0.3 keeps all five
     # at the cost of one false alarm, the 0.5 at (0,3): F1 10/11; 0.35 loses (1,1): F1 0.8
-    assert got["f1"] == pytest.approx(10 / 11) and got["f1_by_threshold"]["0.35"] == pytest.approx(0.8)
+    assert got["f1"] == pytest.approx(10 / 11) and got["f1_by_threshold"]["0.35"] == pytest.approx(
+        0.8
+    )
     assert got["threshold"] == 0.3 and got["pixels"] == 19
     rc = main(["evaluate", "--pred", path, "--prob", path, "--label", label])
     assert rc == 2 and "exactly one of --pred" in capsys.readouterr().err
@@ -171,3 +173,9 @@ def test_train_cli_one_scene_shorthand(tmp_path, capsys):
     # a second run into the same directory needs --resume
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
+    # --init starts from those weights (e.g. a pretraining's best): recorded in the recipe
+    out2 = tmp_path / "from_best"
+    init_args = [*args[: args.index("--out")], "--out", str(out2), *args[args.index("--out") + 2 :]]
+    assert main([*init_args, "--init", str(out / "best")]) == 0, capsys.readouterr().err
+    cfg2 = json.loads((out2 / "train_config.json").read_text())
+    assert cfg2["stages"][-1]["init"] == str(out / "best")
