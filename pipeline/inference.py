@@ -200,6 +200,9 @@ def _checked_digest(checkpoint: str) -> str:
 
 def load_model(ref: ModelRef, device: Any) -> Any:
     """The eval-mode model of `ref` on `device`, loaded once per process (LRU of two)."""
+    from pipeline.allocator import tune_malloc
+
+    tune_malloc()  # before the first forward: steady heap reuse instead of page faults
     key = (ref.digest, str(device))
     with _cache_lock:
         if key in _cache:
