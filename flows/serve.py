@@ -42,17 +42,22 @@ def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     return env
 
 
+def is_healthy(api_url: str, timeout: float = 2) -> bool:
+    """Whether the Prefect API at `api_url` answers its health check."""
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def wait_healthy(api_url: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServeError(f"prefect server exited with code {proc.returncode} (see its log)")
-        try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
+        if is_healthy(api_url):
+            return
         time.sleep(0.5)
     raise ServeError(f"prefect server at {api_url} not healthy after {timeout:.0f} s")
 

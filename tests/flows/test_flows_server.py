@@ -207,23 +207,12 @@ def test_monitor_region_twice_second_run_processes_nothing(prefect_env, region_y
 def test_detect_scene_on_an_external_two_worker_cluster(
     prefect_env, synth_scene, tiny_checkpoint, tmp_path
 ):
-    from distributed import Client, LocalCluster
-
     from flows.detect_scene import detect_scene
+    from tests.fixtures.dask import two_worker_cluster
 
     overrides = {**DETECT_OVERRIDES, "tiling.block": 64}  # 2×2 blocks
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-            local_directory=str(tmp_path / "dask"),
-            env={"PREFECT_API_URL": prefect_env["PREFECT_API_URL"]},
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    env = {"PREFECT_API_URL": prefect_env["PREFECT_API_URL"]}
+    with two_worker_cluster(tmp_path / "dask", env=env) as (cluster, client):
         manifest = detect_scene(
             optical=str(synth_scene.optical),
             sar=str(synth_scene.sar),
@@ -262,23 +251,12 @@ class _KillOnFirstBlock(WorkerPlugin):
 def test_a_lost_worker_costs_a_rerun_of_its_block_not_the_run(
     prefect_env, synth_scene, tiny_checkpoint, tmp_path
 ):
-    from distributed import Client, LocalCluster
-
     from flows.detect_scene import detect_scene
+    from tests.fixtures.dask import two_worker_cluster
 
     marker = tmp_path / "killed"
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-            local_directory=str(tmp_path / "dask"),
-            env={"PREFECT_API_URL": prefect_env["PREFECT_API_URL"]},
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    env = {"PREFECT_API_URL": prefect_env["PREFECT_API_URL"]}
+    with two_worker_cluster(tmp_path / "dask", env=env) as (cluster, client):
         client.register_plugin(_KillOnFirstBlock(str(marker)), name="kill-once")
         manifest = detect_scene(
             optical=str(synth_scene.optical),

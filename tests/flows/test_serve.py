@@ -6,24 +6,15 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flows.serve import stop
+from flows.serve import is_healthy, stop
 from tests.fixtures.prefect import free_port, prefect_base_env
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 @pytest.mark.slow
@@ -47,7 +38,7 @@ def test_serve_registers_deployments_and_stops_runner_then_server(tmp_path):
         deadline = time.monotonic() + 150
         names: set[str] = set()
         while time.monotonic() < deadline and proc.poll() is None:
-            if _healthy(api):
+            if is_healthy(api):
                 client = SyncPrefectClient(api)
                 names = {f"{d.name}" for d in client.read_deployments()}
                 if {"local", "valley"} <= names:
@@ -63,4 +54,4 @@ def test_serve_registers_deployments_and_stops_runner_then_server(tmp_path):
         stop(proc, "m2cd serve", timeout=20)
     assert proc.returncode == 0, out
     assert out.index("stopping runner") < out.index("stopping prefect server")
-    assert not _healthy(api)
+    assert not is_healthy(api)

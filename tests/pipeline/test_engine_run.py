@@ -148,7 +148,8 @@ def test_nodata_strip_is_nodata_in_every_product(reference):
 def test_byte_identical_across_block_sizes_and_dask_workers(pair, reference, tmp_path):
     import dask
     import torch
-    from dask.distributed import Client, LocalCluster
+
+    from tests.fixtures.dask import two_worker_cluster
 
     ref_out, _ = reference
     expected = fingerprint(ref_out)
@@ -164,15 +165,7 @@ def test_byte_identical_across_block_sizes_and_dask_workers(pair, reference, tmp
     environ = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            local_directory=str(tmp_path / "dask-tmp"),
-        ) as cluster,
-        Client(cluster) as client,
+        two_worker_cluster(tmp_path / "dask-tmp") as (_, client),
     ):
         futures = client.map(
             run_block, [plan] * len(plan.blocks), range(len(plan.blocks)), pure=False

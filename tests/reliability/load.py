@@ -14,13 +14,13 @@ import argparse
 import json
 import os
 import time
-import urllib.request
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from flows.serve import is_healthy
 from tests.reliability.support import SMALL, pair_arrays, write_raster
 
 SCENE = (64, 96)  # one block, two tiles: the orchestration is under load, not the model
@@ -69,14 +69,6 @@ def save_tiny_checkpoint(path: Path) -> str:
     return str(path)
 
 
-def healthy(api_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=10) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 def detect_runs_per_pair(api_url: str, pair_ids: set[str]) -> dict[str, int]:
     """How many detect-scene flow runs the server recorded for each of these pairs (by run name)."""
     from prefect.client.orchestration import SyncPrefectClient
@@ -103,9 +95,8 @@ def run_load(
     server_pid: int | None = None,
 ) -> dict[str, Any]:
     """Run monitor-region `runs` times on one 2-worker cluster; return the figures per run."""
-    from dask.distributed import Client, LocalCluster
-
     from flows.monitor_region import monitor_region
+    from tests.fixtures.dask import two_worker_cluster
 
     root.mkdir(parents=True, exist_ok=True)
     region = write_region(root, save_tiny_checkpoint(root / "ck"))
@@ -114,13 +105,7 @@ def run_load(
     figures: list[dict[str, Any]] = []
     processed_all: list[str] = []
     seen: set[str] = set()
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, local_directory=str(root / "dask"),
-        ) as cluster,
-        Client(cluster) as client,
-    ):  # fmt: skip
+    with two_worker_cluster(root / "dask") as (cluster, client):
         for i in range(runs):
             if i > 0 and new_per_run:
                 add_scenes(root / "scenes", total, new_per_run)
@@ -143,7 +128,7 @@ def run_load(
                     "scheduler_rss_mib": client.run_on_scheduler(_rss_mib),
                     "flow_process_rss_mib": _rss_mib(),
                     "server_rss_mib": _rss_mib(server_pid) if server_pid else None,
-                    "server_healthy": healthy(api_url),
+                    "server_healthy": is_healthy(api_url, timeout=10),
                 }
             )
     return {

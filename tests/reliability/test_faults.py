@@ -47,19 +47,13 @@ def clean(pair, tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_block_is_retried_elsewhere(pair, clean, tmp_path):
-    from dask.distributed import Client, LocalCluster
+    from tests.fixtures.dask import two_worker_cluster
 
     out, notes = tmp_path / "out", tmp_path / "notes"
     notes.mkdir()
     plan = plan_run(request(pair, out, BLOCK))
     ids = list(range(len(plan.blocks)))
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, local_directory=str(tmp_path / "dask"),
-        ) as cluster,
-        Client(cluster) as client,
-    ):  # fmt: skip
+    with two_worker_cluster(tmp_path / "dask") as (_, client):
         workers = set(client.run(os.getpid).values())
         futures = client.map(
             run_block_noting, [plan] * len(ids), ids, [str(notes)] * len(ids), [1.0] * len(ids),
