@@ -62,6 +62,13 @@ class SarConfig(_Section):
         description="Amplitude units: σ⁰ = (A / scale)²; auto: dtype max for integers, 1 for float.",
     )
     db_range: tuple[float, float] = (-25.0, 5.0)
+    dn_to_db: tuple[float, float] | None = Field(
+        default=None,
+        description=(
+            "With units db: dB = DN × gain + offset, for dB stored as integers (8-bit renderings:"
+            " OMBRIA maps [-25, 0] dB onto 0-255, i.e. [0.0980392, -25])."
+        ),
+    )
     nodata: float | None = Field(default=None, description="Overrides the file's nodata value.")
 
     @field_validator("bands")
@@ -76,6 +83,8 @@ class SarConfig(_Section):
         lo, hi = self.db_range
         if not lo < hi:
             raise ValueError(f"db_range must be (low, high) with low < high, got {self.db_range}")
+        if self.dn_to_db is not None and self.units != "db":
+            raise ValueError("dn_to_db only applies with units: db")
         if self.amplitude_scale != "auto" and not self.amplitude_scale > 0:
             raise ValueError(f"amplitude_scale must be > 0 or 'auto', got {self.amplitude_scale}")
         return self

@@ -101,6 +101,9 @@ def sar_to_db(
     x = raw.astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         if units == "db":
+            if cfg.dn_to_db is not None:  # dB stored as DN (8-bit renderings): undo the stretch
+                gain, offset = cfg.dn_to_db
+                return x * np.float32(gain) + np.float32(offset)
             return x
         if units == "linear":
             return np.float32(10.0) * np.log10(np.maximum(x, _EPS_LINEAR))

@@ -82,9 +82,38 @@ class FolderSource(_Section):
     val_split: str | None = Field(default="val", description="None: no validation set.")
 
 
+class ChipSource(_Section):
+    """Chip datasets as published: three parallel folders of co-registered chips matched by id.
+
+    Each path is a template under ``root`` with ``{split}`` and ``{id}`` (the id is whatever the
+    optical template's ``{id}`` matches). The defaults are OMBRIA's layout (Drakonakis et al. 2022:
+    Sentinel-2 before, Sentinel-1 after, EMS flood mask), so ``chips: {root: .../ombria}`` is
+    enough for it; another dataset of the same shape only changes the templates.
+
+    Validation is a seeded random ``val_fraction`` of the *train* split's ids: the test split is
+    never used to choose anything (it is scored by ``eval/ombria.py`` for what is kept).
+    """
+
+    root: str
+    optical: str = "OmbriaS2/{split}/BEFORE/S2_before_{id}.png"
+    sar: str = "OmbriaS1/{split}/AFTER/S1_after_{id}.png"
+    label: str = "OmbriaS1/{split}/MASK/S1_mask_{id}.png"
+    train_split: str = "train"
+    val_fraction: float = Field(default=0.15, ge=0, lt=1, description="Share of train ids held out.")
+    val_seed: int = 0
+
+    @field_validator("optical", "sar", "label")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if "{id}" not in v:
+            raise ValueError(f"template {v!r} needs an {{id}} placeholder")
+        return v
+
+
 class DataConfig(_Section):
     scenes: list[SceneSource] = Field(default_factory=list)
     folders: FolderSource | None = None
+    chips: ChipSource | None = None
     tile: int = Field(default=256, ge=32, description="Chip size sampled from the training areas.")
     batch_size: int = Field(default=8, ge=1)
     min_change_fraction: float = Field(
@@ -97,10 +126,11 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _some_source(self) -> DataConfig:
-        if not self.scenes and self.folders is None:
-            raise ValueError("data needs scenes or folders")
-        if self.scenes and self.folders is not None:
-            raise ValueError("data takes scenes or folders, not both")
+        given = sum((bool(self.scenes), self.folders is not None, self.chips is not None))
+        if given == 0:
+            raise ValueError("data needs scenes or folders (or chips)")
+        if given > 1:
+            raise ValueError("data takes one of scenes, folders or chips")
         return self
 
 

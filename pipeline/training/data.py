@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.config import DetectConfig
 from pipeline.errors import ConfigError, InputError
-from pipeline.training.config import Area, DataConfig, FolderSource, SceneSource
+from pipeline.training.config import Area, ChipSource, DataConfig, FolderSource, SceneSource
 
 IGNORE = 255
 LabelEncoding = Literal["auto", "0/1", "0/255"]
@@ -289,10 +289,93 @@ def load_folder_areas(
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# chip folders (OMBRIA and datasets of the same shape)
+
+
+ChipTriple = tuple[str, Path, Path, Path]  # (id, optical, SAR, label)
+
+
+def chip_triples(src: ChipSource, split: str) -> list[ChipTriple]:
+    """(id, optical, SAR, label) of every chip of ``split``, sorted by id; a missing partner file
+    is an error naming it (a silently dropped chip would change the split)."""
+    root = Path(src.root)
+    pattern = src.optical.format(split=split, id="*")
+    prefix, suffix = (s.format(split=split) for s in src.optical.split("{id}", 1))
+    found = sorted(root.glob(pattern))
+    if not found:
+        raise InputError(str(root / pattern), "no chips match this optical template")
+    out: list[ChipTriple] = []
+    for opt in found:
+        rel = opt.relative_to(root).as_posix()
+        chip_id = rel[len(prefix) : len(rel) - len(suffix)]
+        sar = root / src.sar.format(split=split, id=chip_id)
+        lab = root / src.label.format(split=split, id=chip_id)
+        for partner in (sar, lab):
+            if not partner.is_file():
+                raise InputError(str(partner), f"chip {chip_id!r} has no partner file here")
+        out.append((chip_id, opt, sar, lab))
+    return out
+
+
+def split_ids(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(train, val) ids: a seeded random ``fraction`` held out, independent of file order."""
+    ids = sorted(ids)
+    if fraction <= 0:
+        return ids, []
+    order = np.random.default_rng(seed).permutation(len(ids))
+    held = {ids[i] for i in order[: max(1, round(fraction * len(ids)))]}
+    return [i for i in ids if i not in held], [i for i in ids if i in held]
+
+
+def load_chip_triples(
+    triples: list[ChipTriple],
+    cfg: DetectConfig,
+    encoding: LabelEncoding = "auto",
+    channels: Channels | None = None,
+    source: str = "chips",
+) -> list[LabelledArea]:
+    """Read chips with the inference reader; the label encoding is decided once for all of them."""
+    raws = [_read_label_raw(str(lab), None) for _, _, _, lab in triples]
+    if encoding == "auto":
+        values: set[int] = set()
+        for raw, nodata in raws:
+            values |= {int(v) for v in np.unique(raw) if nodata is None or v != nodata}
+        enc = label_encoding(values, source)
+    else:
+        enc = encoding
+    out = []
+    for (chip_id, opt_p, sar_p, lab_p), (raw, nodata) in zip(triples, raws, strict=True):
+        opt, sar, valid = read_pair(str(opt_p), str(sar_p), cfg, None, channels)
+        if raw.shape != valid.shape:
+            raise InputError(
+                str(lab_p), f"label shape {raw.shape} differs from the images' {valid.shape}"
+            )
+        out.append(_assemble(opt, sar, valid, decode_label(raw, enc, nodata), chip_id))
+    return out
+
+
+def load_chip_split(
+    src: ChipSource, split: str, cfg: DetectConfig, channels: Channels | None = None
+) -> list[LabelledArea]:
+    """Every chip of one split (e.g. OMBRIA ``test``), read as inference reads it."""
+    return load_chip_triples(chip_triples(src, split), cfg, channels=channels, source=src.root)
+
+
+def _chip_splits(src: ChipSource, cfg: DetectConfig, channels: Channels | None):
+    triples = chip_triples(src, src.train_split)
+    train_ids, val_ids = split_ids([t[0] for t in triples], src.val_fraction, src.val_seed)
+    areas = load_chip_triples(triples, cfg, channels=channels, source=src.root)
+    by_name = {a.name: a for a in areas}
+    return [by_name[i] for i in train_ids], [by_name[i] for i in val_ids]
+
+
 def load_areas(
     data: DataConfig, cfg: DetectConfig, channels: Channels | None = None
 ) -> tuple[list[LabelledArea], list[LabelledArea]]:
     """Train and validation areas of a recipe's data section (bands chosen for ``channels``)."""
+    if data.chips is not None:
+        return _chip_splits(data.chips, cfg, channels)
     if data.folders is not None:
         return _folder_splits(data.folders, cfg, channels)
     train, val = [], []
