@@ -1,0 +1,107 @@
+"""`m2cd bench train`: training pairs/s beside the eval forward's pairs/s, in the same run.
+
+A training step is forward + backward + optimiser step in train mode (noisy MoE gating, O2SP
+branch when the config has it, auxiliary losses), at the precision the trainer picks for this
+device (``pipeline.training.trainer.resolve_precision``). Backward costs about twice the forward,
+so a step at 1/3 of the eval throughput is the ideal; the goal is ``ratio`` ≥ 0.3.
+
+Inputs are random tensors: the MoE dispatch has a fixed shape, so the cost does not depend on
+the pixels. Times are medians over ``repeats`` after ``warmup`` steps.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def _median(fn, device: torch.device, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run(
+    model_name: str = "m2cd_mit_b0",
+    batch: int = 16,
+    size: int = 128,
+    repeats: int = 5,
+    warmup: int = 2,
+    device: str = "auto",
+    precision: str = "auto",
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Median seconds of one training step and of one eval forward of the same batch."""
+    import m2cd
+    from pipeline.training.trainer import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    amp = resolve_precision(dev, precision)
+    model = m2cd.build_model(model_name, **(overrides or {})).to(dev)
+    bands = model.config.bands
+    gen = torch.Generator().manual_seed(0)
+    optical = torch.randn(batch, bands.optical_channels, size, size, generator=gen).to(dev)
+    sar = torch.randn(batch, bands.sar_channels, size, size, generator=gen).to(dev)
+    label = torch.randint(0, 2, (batch, size, size), generator=gen).to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=amp) if amp is not None else nullcontext()
+
+    def train_step() -> None:
+        model.train()
+        with autocast():
+            logits, aux = model(optical, sar)
+        loss = F.cross_entropy(logits.float(), label) + sum(v.float() for v in aux.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def eval_forward() -> None:
+        model.eval()
+        with torch.no_grad(), autocast():
+            model(optical, sar)
+
+    load_before = os.getloadavg()[0]
+    train_s = _median(train_step, dev, repeats, warmup)
+    eval_s = _median(eval_forward, dev, repeats, warmup)
+    return {
+        "model": model_name,
+        "overrides": overrides or {},
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine(),
+        "precision": str(amp).removeprefix("torch.") if amp is not None else "fp32",
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+        "size": size,
+        "repeats": repeats,
+        "train_pairs_per_s": batch / train_s,
+        "eval_pairs_per_s": batch / eval_s,
+        "ratio": eval_s / train_s,
+        "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def format_table(r: dict[str, Any]) -> str:
+    """Human-readable summary of ``run``'s result."""
+    return (
+        f"{r['model']} {r['overrides'] or ''} on {r['device']} ({r['threads']} threads, "
+        f"{r['precision']}), batch {r['batch']} × {r['size']}², median of {r['repeats']}\n"
+        f"train {r['train_pairs_per_s']:.2f} pairs/s, eval {r['eval_pairs_per_s']:.2f} pairs/s, "
+        f"ratio {r['ratio']:.2f} (goal ≥ 0.3); load {r['loadavg_1min']}"
+    )
