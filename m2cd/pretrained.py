@@ -1,0 +1,34 @@
+"""The models that ship with the project: checkpoints under ``m2cd/weights/<name>/``.
+
+A new user's first map must mean something, so a trained model travels with the code (package
+data of the wheel, fp16 safetensors of at most 30 MB, each with its MODEL_CARD.md) and is the
+default wherever a model is not named. ``DEFAULT_MODEL`` is the one detect, the flows and the
+fine-tuning recipe use; a new version replaces it only when its recorded metrics improve.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from m2cd.checkpoint import CheckpointError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = "ombria_mit_b0"
+
+
+def shipped_models() -> list[str]:
+    """Names of the checkpoints shipped in ``m2cd/weights``."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "checkpoint.json").is_file())
+
+
+def shipped_checkpoint(name: str = DEFAULT_MODEL) -> Path:
+    """The directory of a shipped checkpoint (CheckpointError naming the choices otherwise)."""
+    path = WEIGHTS_DIR / name
+    if not (path / "checkpoint.json").is_file():
+        raise CheckpointError(
+            f"{path}: no shipped model {name!r} (shipped: {', '.join(shipped_models()) or 'none'})"
+        )
+    return path
+
