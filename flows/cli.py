@@ -32,7 +32,7 @@ def _transient(exc: Exception) -> int:
     """Storage/network outages and lost workers: one clear line and exit code 3 (retry later);
     finished blocks are kept, so the same command resumes. Anything else is a bug: re-raised."""
     from flows.faults import is_transient
-    from pipeline.storage import redact
+    from pipeline.io.storage import redact
 
     if not is_transient(exc):
         raise exc

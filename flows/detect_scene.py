@@ -1,6 +1,6 @@
 """detect-scene: one optical/SAR pair → change products, as plan → one task per block → finalize.
 
-Thin by design: every pixel is handled by `pipeline.run` (plan_run / run_block / finalize_run). The flow
+Thin by design: every pixel is handled by `pipeline.engine` (plan_run / run_block / finalize_run). The flow
 adds task boundaries (a block is the unit of retry and of placement on a Dask worker), retries on
 transient faults (safe: block writes are idempotent), small JSON manifests as persisted results, and
 artifacts (a progress bar while blocks finish, a markdown summary at the end).
@@ -63,7 +63,7 @@ def resolve_model(model: str, registry: str | None = None) -> str:
 @task(name="plan", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, **MANIFEST)
 def plan_task(request: Any) -> Any:
     """Open both scenes lazily, check grids, lay out the tile grid and blocks (small JSON plan)."""
-    from pipeline.run import plan_run
+    from pipeline.engine.plan import plan_run
 
     return plan_run(request)
 
@@ -78,7 +78,7 @@ def plan_task(request: Any) -> Any:
 )
 def block_task(plan: Any, block_id: int) -> Any:
     """Infer and write one block (idempotent: returns at once when already marked done)."""
-    from pipeline.run import run_block
+    from pipeline.engine.block import run_block
 
     return run_block(plan, block_id)
 
@@ -92,7 +92,7 @@ def block_task(plan: Any, block_id: int) -> Any:
 )
 def finalize_task(plan: Any) -> Any:
     """COG, polygons, STAC item and quick-look once every block is done (moved into place)."""
-    from pipeline.run import finalize_run
+    from pipeline.engine.finalize import finalize_run
 
     return finalize_run(plan)
 
@@ -181,7 +181,8 @@ def detect_scene(
         overwrite: replace products of another run found at `output`.
     """
     from pipeline.config import load_detect_config
-    from pipeline.run import DetectRequest, pending_blocks
+    from pipeline.engine.block import pending_blocks
+    from pipeline.engine.request import DetectRequest
 
     logger = get_run_logger()
     started = time.monotonic()

@@ -60,7 +60,7 @@ def push(
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL
 
-    from pipeline import storage
+    from pipeline.io import storage
 
     if not (PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL")):
         raise ConfigError(

@@ -23,9 +23,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from flows.detect_scene import DetectManifest, detect_scene
-from pipeline import storage
 from pipeline.catalog import Pair, RegionConfig, discover, load_region, pair_scenes
 from pipeline.errors import M2CDError
+from pipeline.io import storage
 
 PAIR_RECORD = "pair.json"
 
@@ -61,7 +61,7 @@ class RegionRunError(M2CDError):
 
 
 def pair_output(region: RegionConfig, pair: Pair) -> str:
-    from pipeline.paths import child
+    from pipeline.io.paths import child
 
     return child(region.output, pair.id, what="pair id")  # an id can never climb out
 
@@ -165,7 +165,7 @@ def monitor_region(
     """
     logger = get_run_logger()
     cfg = load_region(region)
-    from pipeline.paths import resolve_output
+    from pipeline.io.paths import resolve_output
 
     cfg = cfg.model_copy(update={"output": resolve_output(cfg.output)})  # inside $M2CD_OUTPUT_ROOT
     pairs, unpaired = find_pairs(cfg)

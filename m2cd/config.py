@@ -84,7 +84,7 @@ class O2SPConfig(_Section):
     looks: float = Field(
         default=4.4, gt=0, description="Equivalent number of looks (S1 GRD ≈ 4.4)."
     )
-    # looks mode: input = (intensity − mean)/std. The defaults invert pipeline.normalize's optical
+    # looks mode: input = (intensity − mean)/std. The defaults invert pipeline.io.normalize's optical
     # scaling, (refl/max_reflectance − 0.5)/0.25; the official ImageNet preprocessing would be
     # mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
     input_mean: tuple[float, ...] = (0.5,)

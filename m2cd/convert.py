@@ -169,7 +169,7 @@ def convert_checkpoint(
     if o2sp:
         cfg["o2sp"] = {"enabled": True}
     cfg = deep_merge(cfg, extra_config or {})
-    model = build_model(cfg, with_teacher=False)
+    model = build_model(cfg)
     state = convert_state_dict(official)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

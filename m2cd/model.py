@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +14,18 @@ from torch import Tensor, nn
 from m2cd.backbones import build_encoder
 from m2cd.config import ModelConfig, load_model_config
 from m2cd.decoder import MLPDecoder
-from m2cd.distill import Teacher, build_teacher
 from m2cd.losses import distill_kl
 from m2cd.moe import MoE
 from m2cd.o2sp import guide_loss, pseudo_sar
+
+
+class Teacher(Protocol):
+    """What the model needs of a distillation teacher (pipeline.training.teacher builds them):
+    logits for a batch, and a hook after each optimiser step."""
+
+    def __call__(self, optical: Tensor, sar: Tensor) -> Tensor: ...
+
+    def update(self, student: nn.Module) -> None: ...
 
 
 class M2CD(nn.Module):
@@ -172,17 +180,12 @@ def reference_order(model: nn.Module) -> Iterator[None]:
 
 def build_model(
     name_or_config: str | Path | dict[str, Any] | ModelConfig = "m2cd_mit_b1",
-    *,
-    with_teacher: bool = True,
     **overrides: Any,
 ) -> M2CD:
     """Build from a config name (configs/model/NAME.yaml), YAML path, dict or ModelConfig.
 
     ``overrides`` are dotted (``**{"moe.enabled": False}``) or nested (``moe={"top_k": 1}``).
-    The teacher named in ``distill.teacher`` is attached unless ``with_teacher`` is False.
+    Pure: no teacher is attached, nothing is read but the config (training attaches the teacher
+    ``distill.teacher`` names, ``pipeline.training.teacher.attach_teacher``).
     """
-    cfg = load_model_config(name_or_config, **overrides)
-    model = M2CD(cfg)
-    if with_teacher:
-        model.attach_teacher(build_teacher(cfg.distill, model))
-    return model
+    return M2CD(load_model_config(name_or_config, **overrides))

@@ -32,9 +32,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline import storage
 from pipeline.config import CONFIG_DIR, format_validation_error
 from pipeline.errors import ConfigError, InputError
+from pipeline.io import storage
 
 Role = Literal["optical", "sar"]
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})(?:T(\d{2}):?(\d{2}):?(\d{2}))?")

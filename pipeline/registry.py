@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from pipeline import storage
 from pipeline.errors import InputError
+from pipeline.io import storage
 
 PROMOTED = "promoted"
 

@@ -66,7 +66,8 @@ def detect_command(
 ) -> None:
     """Detect change between OPTICAL (pre-event) and SAR (post-event); products go to OUT."""
     from pipeline.config import load_detect_config
-    from pipeline.run import detect, validate_request
+    from pipeline.engine.local import detect
+    from pipeline.engine.request import validate_request
 
     overrides = parse_sets(set_ or [])
     flags = {
