@@ -6,7 +6,7 @@ One command per step, each reproducible (fixed splits, seeds, recipe file):
     python -m eval.real_eval baselines --cache runs/real/cache --out runs/real/baselines.jsonl
     python -m eval.real_eval finetune  --cache runs/real/cache --out runs/real/finetune.jsonl \
         --recipe configs/train/finetune.yaml --variants siam_r18,m2cd_r18,m2cd_r18_o2sp --seeds 0,1,2
-    python -m eval.real_eval table     --results runs/real/baselines.jsonl runs/real/finetune.jsonl
+    python -m eval.real_eval table     runs/real/baselines.jsonl runs/real/finetune.jsonl
 
 ``prepare`` reads every scene with the pipeline's reader, normalisation and valid mask
 (``pipeline.training.data.read_pair``) and stores the normalised arrays, so that the later steps
@@ -21,7 +21,6 @@ Italy (optical→optical, no SAR) is excluded: it does not test optical→SAR ch
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -30,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import typer
 
+from pipeline.config import parse_overrides
 from pipeline.training.data import IGNORE, LabelledArea
 
 # scene -> folder, optical file (A), SAR file (B), training windows (r0, r1, c0, c1)
@@ -333,78 +334,85 @@ def table(paths: list[Path]) -> str:
     return "\n".join(out)
 
 
-def _parse_sets(items: list[str]) -> dict[str, Any]:
-    import yaml
+app = typer.Typer(
+    help=__doc__.split("\n\n")[0],
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        out[key] = yaml.safe_load(value)
-    return out
+
+@app.command("prepare")
+def prepare_command(
+    data: Path = typer.Option(Path("../shared/data/real")),
+    cache: Path = typer.Option(Path("runs/real/cache")),
+) -> None:
+    """Normalise every scene once (the later steps need only numpy + torch)."""
+    prepare(data, cache)
+
+
+@app.command("baselines")
+def baselines_command(
+    cache: Path = typer.Option(Path("runs/real/cache")),
+    out: Path = typer.Option(Path("runs/real/baselines.jsonl")),
+) -> None:
+    """Score the untrained baselines on every scene's test part."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run_baselines(cache, out)
+
+
+@app.command("finetune")
+def finetune_command(
+    cache: Path = typer.Option(Path("runs/real/cache")),
+    out: Path = typer.Option(Path("runs/real/finetune.jsonl")),
+    workdir: Path = typer.Option(Path("runs/real/train")),
+    recipe: str = typer.Option("configs/train/finetune.yaml"),
+    scenes: str = typer.Option(",".join(SCENES)),
+    variants: str = typer.Option("siam_r18,m2cd_r18,m2cd_r18_o2sp"),
+    seeds: str = typer.Option("0,1,2"),
+    steps: int | None = typer.Option(None, help="override the recipe's step budget"),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        metavar="KEY=YAML",
+        help="recipe override, e.g. data.min_change_fraction=0 (repeatable)",
+    ),
+    tag: str = typer.Option("", help="suffix of the variant name in the results"),
+    tta: bool = typer.Option(
+        False, help="also score the same weights with 8-view flip/rotation averaging (+ _tta)"
+    ),
+    data_root: str = typer.Option("../shared/data/real", help="recorded in the config only"),
+) -> None:
+    """Fine-tune each variant on each scene's training strip and score the rest."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run_finetune(
+        cache,
+        out,
+        recipe,
+        scenes.split(","),
+        variants.split(","),
+        [int(v) for v in seeds.split(",")],
+        steps,
+        workdir,
+        data_root,
+        parse_overrides(set_),
+        tag,
+        tta,
+    )
+
+
+@app.command("table")
+def table_command(results: list[Path] = typer.Argument(..., help="JSONL result files.")) -> None:
+    """The EVALUATION.md table of the given result files."""
+    print(table(results))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m eval.real_eval",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("prepare")
-    a.add_argument("--data", type=Path, default=Path("../shared/data/real"))
-    a.add_argument("--cache", type=Path, default=Path("runs/real/cache"))
-    b = sub.add_parser("baselines")
-    b.add_argument("--cache", type=Path, default=Path("runs/real/cache"))
-    b.add_argument("--out", type=Path, default=Path("runs/real/baselines.jsonl"))
-    f = sub.add_parser("finetune")
-    f.add_argument("--cache", type=Path, default=Path("runs/real/cache"))
-    f.add_argument("--out", type=Path, default=Path("runs/real/finetune.jsonl"))
-    f.add_argument("--workdir", type=Path, default=Path("runs/real/train"))
-    f.add_argument("--recipe", default="configs/train/finetune.yaml")
-    f.add_argument("--scenes", default=",".join(SCENES))
-    f.add_argument("--variants", default="siam_r18,m2cd_r18,m2cd_r18_o2sp")
-    f.add_argument("--seeds", default="0,1,2")
-    f.add_argument("--steps", type=int, default=None, help="override the recipe's step budget")
-    f.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=YAML",
-        help="recipe override, e.g. data.min_change_fraction=0 (repeatable)",
-    )
-    f.add_argument("--tag", default="", help="suffix of the variant name in the results")
-    f.add_argument(
-        "--tta",
-        action="store_true",
-        help="also score the same weights with 8-view flip/rotation averaging (variant + _tta)",
-    )
-    f.add_argument("--data-root", default="../shared/data/real", help="recorded in the config only")
-    t = sub.add_parser("table")
-    t.add_argument("--results", type=Path, nargs="+", required=True)
-    args = p.parse_args(argv)
-    if args.cmd == "prepare":
-        prepare(args.data, args.cache)
-    elif args.cmd == "baselines":
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        run_baselines(args.cache, args.out)
-    elif args.cmd == "finetune":
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        run_finetune(
-            args.cache,
-            args.out,
-            args.recipe,
-            args.scenes.split(","),
-            args.variants.split(","),
-            [int(s) for s in args.seeds.split(",")],
-            args.steps,
-            args.workdir,
-            args.data_root,
-            _parse_sets(args.set),
-            args.tag,
-            args.tta,
-        )
-    else:
-        print(table(args.results))
+    """Run one step; the exit code of the command."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except SystemExit as exc:
+        return int(exc.code or 0)
     return 0
 
 

@@ -22,8 +22,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
-from flows.detect_scene import DetectManifest, detect_scene
+from flows.detect_scene import detect_scene
 from pipeline.catalog import Pair, RegionConfig, discover, load_region, pair_scenes
+from pipeline.engine.finalize import RunSummary
 from pipeline.errors import M2CDError
 from pipeline.io import storage
 
@@ -73,14 +74,14 @@ def read_record(region: RegionConfig, pair: Pair) -> PairRecord | None:
     return PairRecord.model_validate_json(storage.read_bytes(uri))
 
 
-def write_record(region: RegionConfig, pair: Pair, manifest: DetectManifest) -> PairRecord:
+def write_record(region: RegionConfig, pair: Pair, manifest: RunSummary) -> PairRecord:
     record = PairRecord(
         pair_id=pair.id,
         optical=pair.optical.uri,
         sar=pair.sar.uri,
         optical_datetime=pair.optical.datetime.isoformat(),
         sar_datetime=pair.sar.datetime.isoformat(),
-        output=manifest.output,
+        output=manifest.out,
         run_key=manifest.run_key,
         changed_km2=manifest.changed_km2,
         products=manifest.products,
@@ -128,7 +129,7 @@ def find_pairs(region: RegionConfig) -> tuple[list[Pair], list[str]]:
 
 def _run_pair(
     region: RegionConfig, pair: Pair, deployment: str | None, params: dict[str, Any]
-) -> DetectManifest:
+) -> RunSummary:
     parameters = {
         "optical": pair.optical.uri,
         "sar": pair.sar.uri,
@@ -144,7 +145,7 @@ def _run_pair(
     flow_run = run_deployment(deployment, parameters=parameters, flow_run_name=f"detect-{pair.id}")
     if not flow_run.state or not flow_run.state.is_completed():
         raise RuntimeError(f"{deployment} run {flow_run.name} ended {flow_run.state}")
-    return DetectManifest.model_validate(flow_run.state.result())
+    return RunSummary.model_validate(flow_run.state.result())
 
 
 @flow(name="monitor-region", log_prints=True, persist_result=True, result_serializer="json")

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from m2cd.config import ConfigSection
 from pipeline.config import CONFIG_DIR, format_validation_error
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import storage
@@ -41,11 +42,7 @@ _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})(?:T(\d{2}):?(\d{2}):?(\d{2}))?")
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".vrt", ".png", ".jp2")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SourceConfig(_Section):
+class SourceConfig(ConfigSection):
     """Where a region's scenes are listed."""
 
     kind: Literal["prefix", "stac"] = "prefix"
@@ -53,13 +50,13 @@ class SourceConfig(_Section):
     asset: str | None = Field(default=None, description="STAC asset key (default: first GeoTIFF).")
 
 
-class PairingConfig(_Section):
+class PairingConfig(ConfigSection):
     """Latest optical scene within `max_days_before` days before each SAR scene."""
 
     max_days_before: float = Field(default=30, gt=0)
 
 
-class RegionConfig(_Section):
+class RegionConfig(ConfigSection):
     """One monitored region (configs/regions/<name>.yaml)."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
