@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -197,10 +196,7 @@ def monitor_region(
         unpaired_sar=unpaired,
         failed=failed,
     )
-    storage.write_bytes_atomic(
-        storage.join(cfg.output, "summary.json"),
-        json.dumps(summary.model_dump(mode="json"), indent=2).encode(),
-    )
+    storage.write_json(storage.join(cfg.output, "summary.json"), summary.model_dump(mode="json"))
     storage.write_bytes_atomic(
         storage.join(cfg.output, "summary.csv"), summary_csv(records).encode()
     )

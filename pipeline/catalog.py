@@ -22,7 +22,6 @@ counts). SAR scenes without such an optical scene are reported as unpaired.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from datetime import UTC, datetime, timedelta
@@ -197,12 +196,7 @@ def list_stac(
     uri: str, aoi: tuple[float, float, float, float] | None = None, asset: str | None = None
 ) -> Catalog:
     """Scenes of a STAC ItemCollection JSON, filtered by AOI bbox."""
-    try:
-        data = json.loads(storage.read_bytes(uri))
-    except FileNotFoundError:
-        raise InputError(uri, "STAC ItemCollection not found") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(uri, f"not valid JSON ({exc})") from None
+    data = storage.read_json(uri)
     if data.get("type") != "FeatureCollection":
         raise InputError(uri, f"expected a STAC ItemCollection, got type {data.get('type')!r}")
     scenes, skipped = [], []
