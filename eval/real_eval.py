@@ -17,6 +17,9 @@ Modality order: the *_sar2opt sets have SAR at t1 and optical at t2; we feed the
 input A and the SAR as input B (the model's convention), so pre/post are swapped w.r.t. CAU-Flood.
 Gloucester's t2 is a single band whose SAR-vs-optical nature is disputed; it is fed as B.
 Italy (optical→optical, no SAR) is excluded: it does not test optical→SAR change detection.
+
+Over 400 lines because the scene table (folders, files, training windows: ~80 lines of data) is the
+evaluation's definition and belongs beside the steps that read it.
 """
 
 from __future__ import annotations

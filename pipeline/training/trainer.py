@@ -9,6 +9,10 @@ Layout of ``out_dir`` (the last stage writes at the top, earlier ones under ``st
     out_dir/done.json  written when the stage finished (a resumed run skips finished stages)
 
 Without validation areas, ``best`` is the final model (nothing to select on).
+
+Longer than 400 lines on purpose: the stage loop, its checkpointing and its exact resume share
+the `_Stage` state and are only correct together (resume is byte-identical); the pure helpers
+(loss, optimiser, augment, data, state files, device rule) already live in their own modules.
 """
 
 from __future__ import annotations
