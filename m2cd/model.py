@@ -37,6 +37,8 @@ class M2CD(nn.Module):
     MoE balance statistics are per branch, as in the official code. O2SP never runs in eval mode.
     """
 
+    _teacher: Teacher | None  # set with object.__setattr__: outside the module tree
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -141,7 +143,7 @@ class M2CD(nn.Module):
                 f_pse = self._encode(
                     enc.stem(pseudo_sar(opt_p, self.config.o2sp), "optical"), balance
                 )
-                aux["o2sp_guide"] = sum(
+                aux["o2sp_guide"] = sum(  # type: ignore[assignment]  # a Tensor: ≥ 1 stage
                     guide_loss(a, b, c, self.config.o2sp)
                     for a, b, c in zip(f_opt, f_sar, f_pse, strict=True)
                 )

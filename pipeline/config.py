@@ -40,7 +40,7 @@ class OpticalConfig(ConfigSection):
     @field_validator("scale")
     @classmethod
     def _positive_scale(cls, v: float | str) -> float | str:
-        if v != "auto" and not v > 0:
+        if isinstance(v, float | int) and not v > 0:
             raise ValueError(f"scale must be > 0 or 'auto', got {v}")
         return v
 
@@ -162,9 +162,10 @@ def _allowed_keys(model: type[BaseModel] | None, path: tuple[Any, ...]) -> list[
     """The field names of the section at `path` inside `model` (None when it cannot be followed)."""
     for part in path:
         field = model.model_fields.get(str(part)) if model is not None else None
-        model = field.annotation if field is not None else None
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
+        model = annotation
     return list(model.model_fields) if model is not None else None
 
 

@@ -57,7 +57,7 @@ def _product_metadata(plan: RunPlan) -> ProductMetadata:
         sar_uri=plan.sar,
         optical_bands=plan.config.optical.bands,
         model_digest=plan.model.digest,
-        model_name=plan.model.name or os.path.basename(plan.model.checkpoint.rstrip("/")),
+        model_name=plan.model.name or os.path.basename((plan.model.checkpoint or "").rstrip("/")),
         config_hash=plan.config_hash,
         run_key=plan.run_key,
         resampling=plan.resampling,
@@ -95,9 +95,9 @@ def finalize_run(
         return summary_from_manifest(manifest)
     missing = pending_blocks(plan)
     if missing:
-        names = ", ".join(plan.blocks[i].name for i in missing[:5])
+        listed = ", ".join(plan.blocks[i].name for i in missing[:5])
         raise RunIncompleteError(
-            f"{plan.staging}: {len(missing)} of {len(plan.blocks)} block(s) not done ({names}...)"
+            f"{plan.staging}: {len(missing)} of {len(plan.blocks)} block(s) not done ({listed}...)"
         )
     results = [BlockResult(**(block_marker(plan, b) or {})) for b in plan.blocks]
     if not any(r.valid_px for r in results):  # empty products would read as "no change"
@@ -134,7 +134,9 @@ def finalize_run(
         ),
         valid_px=sum(r.valid_px for r in results),
         changed_px=sum(r.changed_px for r in results),
-        changed_km2=None if any(v is None for v in km2) else round(sum(km2), 6),
+        changed_km2=(
+            None if any(v is None for v in km2) else round(sum(v for v in km2 if v is not None), 6)
+        ),
         model_digest=plan.model.digest,
         config_hash=plan.config_hash,
         products=uris,

@@ -94,6 +94,7 @@ def describe_model(checkpoint: str | None = None, name: str | None = None) -> Mo
         raise ConfigError("give exactly one of --checkpoint PATH or --model NAME")
     if checkpoint is not None:
         return ModelRef(checkpoint=checkpoint, digest=_checked_digest(checkpoint))
+    assert name is not None  # exactly one of the two, checked above
     with cache_lock:
         if name in _described:  # deterministic (fixed seed): build and hash once per process
             return _described[name]
@@ -164,6 +165,7 @@ def load_model(ref: ModelRef, device: torch.device) -> nn.Module:
     elif ref.name is not None:
         model = build_random(ref.name)
     else:
+        assert ref.checkpoint is not None  # ModelRef holds exactly one of name and checkpoint
         local = _local_checkpoint(ref.checkpoint, ref.digest)
         try:
             model = m2cd.load_checkpoint(local, verify=not _already_verified(local, ref.digest))

@@ -117,6 +117,12 @@ def run_key(optical: str, sar: str, model_digest: str, cfg_hash: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def _affine6(transform: Any) -> tuple[float, float, float, float, float, float]:
+    """The six rasterio-order affine coefficients as plain floats (JSON in the plan)."""
+    a, b, c, d, e, f = (float(v) for v in tuple(transform)[:6])
+    return (a, b, c, d, e, f)
+
+
 def read_manifest(out: str) -> dict[str, Any] | None:
     """`OUT/run.json` of the run that last published into `out`, or None."""
     return storage.read_json(storage.join(out, MANIFEST), missing_ok=True)
@@ -161,7 +167,7 @@ def plan_run(request: DetectRequest) -> RunPlan:
     h, w = grid_info.shape
     grid = GridSpec(
         crs_wkt=grid_info.crs.to_wkt() if grid_info.crs is not None else None,
-        transform=tuple(float(v) for v in tuple(grid_info.transform)[:6]),
+        transform=_affine6(grid_info.transform),
         height=h,
         width=w,
     )

@@ -34,12 +34,11 @@ class Predictor:
         self.views = DIHEDRAL if tta else DIHEDRAL[:1]
         self.dtype = autocast_dtype(self.device, precision)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        with (
-            models.cache_lock
-        ):  # cached models are shared by block threads: convert once, never mid-forward
+        # cached models are shared by block threads: convert once, never mid-forward
+        with models.cache_lock:
             if getattr(model, "_m2cd_prepared", None) != (str(self.device), channels_last):
-                model = model.eval().to(self.device, memory_format=self.memory_format)
-                model._m2cd_prepared = (str(self.device), channels_last)
+                model = model.eval().to(self.device).to(memory_format=self.memory_format)
+                setattr(model, "_m2cd_prepared", (str(self.device), channels_last))  # noqa: B010
         self.model = model
 
     def _tensor(self, batch: np.ndarray) -> torch.Tensor:

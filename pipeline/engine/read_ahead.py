@@ -11,7 +11,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 
@@ -77,7 +77,7 @@ def read_ahead(batches: Iterator[T], depth: int) -> Iterator[T]:
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item  # type: ignore[misc]  (every other item is a T)
+            yield cast(T, item)  # anything but the sentinel or an error is a batch
     finally:
         stop.set()
         thread.join(timeout=5)

@@ -104,7 +104,7 @@ class BlockSpec(BaseModel):
 
 def plan_blocks(grid: TileGrid, block: int) -> list[BlockSpec]:
     """Blocks anchored at the scene origin, row-major, with the number of tiles each runs."""
-    out = []
+    out: list[BlockSpec] = []
     n_rows, n_cols = math.ceil(grid.height / block), math.ceil(grid.width / block)
     for r in range(n_rows):
         for c in range(n_cols):

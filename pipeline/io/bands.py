@@ -105,5 +105,6 @@ def model_channels(checkpoint: str | None = None, name: str | None = None) -> tu
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise InputError(meta_uri, f"unreadable model config ({exc})") from None
     else:
+        assert name is not None, "a named config when no checkpoint is given"
         bands = load_model_config(name).bands
     return bands.optical_channels, bands.sar_channels

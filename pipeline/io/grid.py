@@ -37,7 +37,8 @@ class GridInfo:
 
     @classmethod
     def of(cls, scene: Any) -> GridInfo:
-        return cls(scene.crs, scene.transform, tuple(scene.shape))
+        h, w = scene.shape
+        return cls(scene.crs, scene.transform, (int(h), int(w)))
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -82,7 +83,7 @@ class WarpedScene:
         self.role = source.role
         self.crs = grid.crs
         self.transform = grid.transform
-        self.shape = tuple(grid.shape)
+        self.shape: tuple[int, int] = grid.shape
         self.count = source.count
         self.dtype = source.dtype
         self.bands = source.bands

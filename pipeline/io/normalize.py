@@ -122,10 +122,10 @@ def normalize_sar(
     `units` must be resolved (the scene's `units`): deciding `auto` tile by tile would make the
     products depend on the tiling.
     """
-    units = units or cfg.units
-    if units == "auto":
+    resolved = units or cfg.units
+    if resolved == "auto":
         raise ValueError("normalize_sar needs resolved units: pass Scene.units (infer_sar_units)")
-    db = sar_to_db(raw, units, cfg, dtype)
+    db = sar_to_db(raw, resolved, cfg, dtype)
     lo, hi = (np.float32(v) for v in cfg.db_range)
     np.clip(db, lo, hi, out=db)  # NaN stays NaN; zeroed below
     out = np.float32(2.0) * (db - lo) / (hi - lo) - np.float32(1.0)

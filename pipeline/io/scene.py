@@ -45,7 +45,7 @@ class ThreadDatasets:
         return {"path": self.path}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])
+        ThreadDatasets.__init__(self, state["path"])
 
     def get(self) -> Any:
         """This thread's dataset; call inside the file's GDAL environment."""
