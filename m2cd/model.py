@@ -25,7 +25,8 @@ class Teacher(Protocol):
 
     def __call__(self, optical: Tensor, sar: Tensor) -> Tensor: ...
 
-    def update(self, student: nn.Module) -> None: ...
+    def update(self, student: nn.Module) -> None:
+        """Called after each optimiser step: an EMA teacher moves, a frozen one does nothing."""
 
 
 class M2CD(nn.Module):
@@ -66,9 +67,11 @@ class M2CD(nn.Module):
     # -- teacher ---------------------------------------------------------------------------------
     @property
     def teacher(self) -> Teacher | None:
+        """The attached distillation teacher (None at inference: build_model attaches none)."""
         return self._teacher
 
     def attach_teacher(self, teacher: Teacher | None) -> None:
+        """Attach a teacher outside the module tree, so it never enters state_dict or checkpoints."""
         object.__setattr__(self, "_teacher", teacher)
 
     def update_teacher(self) -> None:
@@ -124,6 +127,7 @@ class M2CD(nn.Module):
         return feats
 
     def forward(self, optical: Tensor, sar: Tensor) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """Eval: logits at the input size; train: (logits, aux losses) to add to the loss."""
         optical, sar = self._check(optical, sar)
         h, w = optical.shape[-2:]
         opt_p, sar_p = self._pad(optical), self._pad(sar)

@@ -39,10 +39,12 @@ class BlockOutput:
 
     @property
     def valid_px(self) -> int:
+        """Pixels with a prediction (valid in both scenes and covered by a tile)."""
         return int(self.valid.sum())
 
     @property
     def changed_px(self) -> int:
+        """Pixels predicted as change."""
         return int((self.mask == 1).sum())
 
 

@@ -37,21 +37,26 @@ class TileGrid(BaseModel):
 
     @property
     def stride(self) -> int:
+        """Distance between tile origins: tile minus overlap."""
         return self.tile - self.overlap
 
     @property
     def rows(self) -> int:
+        """Tile rows that cover the scene height (the last may reach past it)."""
         return tiles_needed(self.height, self.tile, self.stride)
 
     @property
     def cols(self) -> int:
+        """Tile columns that cover the scene width (the last may reach past it)."""
         return tiles_needed(self.width, self.tile, self.stride)
 
     @property
     def count(self) -> int:
+        """Tiles in the scene (what a plan reports and the progress bar counts)."""
         return self.rows * self.cols
 
     def extent(self, i: int, j: int) -> PixelBox:
+        """The pixel box of tile (i, j): never shifted inwards at the edges."""
         y0, x0 = i * self.stride, j * self.stride
         return PixelBox(y0, y0 + self.tile, x0, x0 + self.tile)
 
@@ -62,9 +67,11 @@ class TileGrid(BaseModel):
         return range(first, last + 1)
 
     def tile_rows_for(self, region: PixelBox) -> range:
+        """Tile rows whose tiles touch `region` (a block core and its halo)."""
         return self._index_range(region.y0, region.y1, self.rows)
 
     def tile_cols_for(self, region: PixelBox) -> range:
+        """Tile columns whose tiles touch `region`."""
         return self._index_range(region.x0, region.x1, self.cols)
 
     def tiles_for(self, region: PixelBox) -> Iterator[tuple[int, int]]:
@@ -95,10 +102,12 @@ class BlockSpec(BaseModel):
 
     @property
     def core(self) -> PixelBox:
+        """The pixels this block writes (tiles reaching outside only contribute to them)."""
         return PixelBox(self.y0, self.y1, self.x0, self.x1)
 
     @property
     def name(self) -> str:
+        """`RRRRR_CCCCC`: the marker's file name, sortable in block order."""
         return f"{self.row:05d}_{self.col:05d}"
 
 

@@ -37,6 +37,7 @@ class GridInfo:
 
     @classmethod
     def of(cls, scene: Any) -> GridInfo:
+        """The grid of a scene (or of anything with crs, transform and shape)."""
         h, w = scene.shape
         return cls(scene.crs, scene.transform, (int(h), int(w)))
 
@@ -101,6 +102,7 @@ class WarpedScene:
 
     @property
     def fill_value(self) -> float:
+        """What outside-the-scene pixels read as: the nodata value, else 0."""
         return 0 if self.nodata is None else self.nodata
 
     def read_window(self, window: PixelBox) -> np.ndarray:
@@ -156,6 +158,7 @@ class AlignedPair:
 
     @property
     def reprojected(self) -> bool:
+        """True when the SAR was warped (it did not share the optical grid)."""
         return self.resampling is not None
 
 

@@ -95,6 +95,7 @@ class Scene:
 
     @property
     def path(self) -> str:
+        """The path GDAL opens (/vsis3/ for s3:// URIs)."""
         return storage.gdal_path(self.uri)
 
     def read_window(self, window: PixelBox) -> np.ndarray:
