@@ -2,7 +2,8 @@
 
 Opening a pair reads both headers and samples SAR windows to decide its units (`pipeline.io.scene`),
 so each process keeps the pairs of its last two runs: plan_run hands its pair over (`remember`), a
-worker opens it on its first block and every later block of the run reuses it.
+worker opens it on its first block with the units the plan recorded (no sampling) and every later
+block of the run reuses it.
 """
 
 from __future__ import annotations
@@ -67,7 +68,12 @@ def pair_for(plan: RunPlan) -> AlignedPair:
     with _pairs_lock:
         pair = _pairs.get(plan.run_key)
     if pair is None:
-        pair = open_pair(plan.optical, plan.sar, plan.config)
+        cfg = plan.config
+        if plan.sar_units is not None:  # the plan's units: no SAR windows sampled again
+            cfg = cfg.model_copy(
+                update={"sar": cfg.sar.model_copy(update={"units": plan.sar_units})}
+            )
+        pair = open_pair(plan.optical, plan.sar, cfg)
         remember(plan.run_key, pair)
     return pair
 

@@ -26,6 +26,7 @@ from pipeline.engine.request import DetectRequest
 from pipeline.engine.tiling import BlockSpec, TileGrid, plan_blocks
 from pipeline.errors import OutputExistsError
 from pipeline.io import storage
+from pipeline.io.normalize import SarUnits
 from pipeline.io.paths import require_bucket, resolve_output
 from pipeline.products import PRODUCT_FILES
 from pipeline.products.zarr_store import create_store
@@ -51,6 +52,8 @@ class RunPlan(BaseModel):
     sar: str
     grid: GridSpec
     resampling: str | None
+    # decided once here (sampling SAR windows) and reused by every worker that reopens the pair
+    sar_units: SarUnits | None = None
     config: DetectConfig
     config_hash: str
     model: ModelRef
@@ -188,6 +191,7 @@ def plan_run(request: DetectRequest) -> RunPlan:
         sar=request.sar,
         grid=grid,
         resampling=pair.resampling,
+        sar_units=pair.sar.units,
         config=cfg,
         config_hash=chash,
         model=ref,

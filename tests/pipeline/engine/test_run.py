@@ -343,3 +343,23 @@ def test_finalize_refuses_until_every_block_is_done(pair, tmp_path):
     with pytest.raises(RunIncompleteError, match=f"{len(plan.blocks) - 1} of {len(plan.blocks)}"):
         finalize_run(plan)
     assert not (out / "run.json").exists() and not (out / "change_prob.tif").exists()
+
+
+def test_a_worker_reopens_the_pair_with_the_plans_sar_units_without_sampling(
+    pair, reference, tmp_path, monkeypatch
+):
+    import pipeline.engine.pair as pairs
+    import pipeline.io.scene as scene
+
+    plan = plan_run(request(*pair, tmp_path / "out", **{"tiling.block": 512}))
+    assert plan.sar_units in {"linear", "amplitude", "db"}
+    monkeypatch.setattr(pairs, "_pairs", type(pairs._pairs)())  # a fresh worker process's cache
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("SAR windows sampled again in a worker")
+
+    monkeypatch.setattr(scene, "_sample_windows", no_sampling)
+    run_block(plan, 0)
+    summary = finalize_run(plan)
+    assert fingerprint(tmp_path / "out") == fingerprint(reference[0])  # same units, same bits
+    assert summary.changed_px == reference[1].changed_px
