@@ -27,9 +27,9 @@ from pipeline.engine.local import detect
 from pipeline.engine.plan import plan_run
 from pipeline.engine.request import DetectRequest
 from pipeline.errors import OutputExistsError
+from tests.conftest import REPO
 from tests.pipeline.engine.support import write_pair
 
-REPO = Path(__file__).resolve().parents[2]
 SMALL = {
     "tiling.tile": 64,
     "tiling.overlap": 16,
