@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml requirements.lock
 test: venv
 	$(BIN)/ruff check --quiet .
 	$(BIN)/ruff format --check --quiet .
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: venv
@@ -30,6 +31,7 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m mypy
 
 format: venv
 	$(BIN)/ruff format .

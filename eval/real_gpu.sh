@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Real-data fine-tuning table on a GPU machine (numpy + torch + timm only; GDAL not needed there):
-# the normalised arrays come from `python -m pipeline.training.real_eval prepare` run beforehand.
+# the normalised arrays come from `python -m eval.real_eval prepare` run beforehand.
 # Usage: OUT=dir [STEPS=600] [SEEDS=0,1,2] eval/real_gpu.sh
 # One process per scene (and per variant group) in parallel; each appends one JSON line per run.
 # These runs used change-centred chips + class weights (the recipe's first version), hence the --set.
@@ -15,12 +15,12 @@ export PYTHONPATH="$PWD/.device/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_TH
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/device.txt" 2>/dev/null || true
 pids=()
 for scene in shuguang yellow_river lpem4 gloucester2; do
-  python -m pipeline.training.real_eval finetune --scenes "$scene" --steps "$STEPS" --seeds "$SEEDS" \
+  python -m eval.real_eval finetune --scenes "$scene" --steps "$STEPS" --seeds "$SEEDS" \
     --variants siam_r18,m2cd_r18,m2cd_r18_o2sp --set data.min_change_fraction=0.5 --set loss.class_weights=auto \
     --out "$OUT/finetune_r18_$scene.jsonl" \
     --workdir "$OUT/train" > "$OUT/log_r18_$scene.txt" 2>&1 &
   pids+=($!)
-  python -m pipeline.training.real_eval finetune --scenes "$scene" --steps "$STEPS" --seeds "$EXTRA_SEEDS" \
+  python -m eval.real_eval finetune --scenes "$scene" --steps "$STEPS" --seeds "$EXTRA_SEEDS" \
     --variants siam_mit_b0,m2cd_mit_b0,m2cd_mit_b0_o2sp --set data.min_change_fraction=0.5 --set loss.class_weights=auto \
     --out "$OUT/finetune_mit_$scene.jsonl" \
     --workdir "$OUT/train" > "$OUT/log_mit_$scene.txt" 2>&1 &

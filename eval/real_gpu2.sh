@@ -7,7 +7,7 @@ OUT=${OUT:-runs/real/gpu2}; STEPS=${STEPS:-600}; LIMIT=${LIMIT:-270}
 mkdir -p "$OUT/parts"
 export PYTHONPATH="$PWD/.device/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 BIASED='--set data.min_change_fraction=0.5 --set loss.class_weights=auto'  # as real_gpu.sh
-ft() { local out=$1; shift; timeout "$LIMIT" python -m pipeline.training.real_eval finetune --steps "$STEPS" \
+ft() { local out=$1; shift; timeout "$LIMIT" python -m eval.real_eval finetune --steps "$STEPS" \
   --workdir "$OUT/train" --out "$OUT/parts/$out.jsonl" "$@" > "$OUT/parts/$out.log" 2>&1; }
 for v in siam_r18 m2cd_r18; do
   ft yr_$v --scenes yellow_river --variants $v --seeds 0 $BIASED &

@@ -12,12 +12,13 @@ OUT/.prefect. Output goes to ./demo-out (or --out).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import typer
 
 MIN_F1 = 0.8
 
@@ -59,25 +60,25 @@ def _data_spec(scene, size: int, path: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="m2cd end-to-end demo (train, promote, detect).")
-    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="Output directory.")
-    parser.add_argument("--size", type=int, default=512, help="Scene size in pixels (square).")
-    parser.add_argument("--steps", type=int, default=None, help="Training steps (recipe: 300).")
-    args = parser.parse_args(argv)
-    out = args.out.resolve()
+def run_demo(
+    out: Path = typer.Option(Path("demo-out"), help="Output directory."),
+    size: int = typer.Option(512, help="Scene size in pixels (square)."),
+    steps: int | None = typer.Option(None, help="Training steps (recipe: 300)."),
+) -> int:
+    """m2cd end-to-end demo (train, promote, detect); exit 1 when the test F1 is too low."""
+    out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     _embedded_prefect(out)
     t0 = time.monotonic()
 
     from pipeline.synth import synth_pair
 
-    size = (args.size, args.size)
+    shape = (size, size)
     train_scene = synth_pair(
-        out / "scenes" / "train", size=size, seed=11, sar_bands=1, overwrite=True
+        out / "scenes" / "train", size=shape, seed=11, sar_bands=1, overwrite=True
     )
     test_scene = synth_pair(
-        out / "scenes" / "test", size=size, seed=12, sar_bands=1, overwrite=True
+        out / "scenes" / "test", size=shape, seed=12, sar_bands=1, overwrite=True
     )
     print(f"[demo] synthesized training and test scenes under {out / 'scenes'}", flush=True)
 
@@ -86,12 +87,10 @@ def main(argv: list[str] | None = None) -> int:
 
     registry = out / "registry"
     (out / "train").mkdir(exist_ok=True)
-    overrides = (
-        {"stages": [{"name": "main", "model": "tiny", "steps": args.steps}]} if args.steps else None
-    )
+    overrides = {"stages": [{"name": "main", "model": "tiny", "steps": steps}]} if steps else None
     trained = retrain(
         recipe="demo",
-        data=str(_data_spec(train_scene, args.size, out / "labels.yaml")),
+        data=str(_data_spec(train_scene, size, out / "labels.yaml")),
         overrides=overrides,
         registry=str(registry),
         work_dir=tempfile.mkdtemp(dir=out / "train", prefix="run-"),
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         output=str(out / "products"),
         model="promoted",
         registry=str(registry),
-        overrides={"tiling.block": max(256, args.size // 2)},
+        overrides={"tiling.block": max(256, size // 2)},
         overwrite=True,
     )
 
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     scores = evaluate_files(manifest.products["change_mask.tif"], str(test_scene.label))
     f1 = scores["f1"]
-    print(f"\n[demo] products in {manifest.output}:")
+    print(f"\n[demo] products in {manifest.out}:")
     for name, uri in manifest.products.items():
         print(f"  {name:16s} {uri}")
     print(f"[demo] quick-look: {manifest.products.get('quicklook.png')}")
@@ -132,6 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"[demo] OK: change F1 {f1:.3f} >= {MIN_F1}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m flows.demo [--out DIR] [--size N] [--steps N]` (what `make demo` runs)."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(run_demo)
+    try:
+        return int(app(args=argv, standalone_mode=False) or 0)
+    except SystemExit as exc:
+        return int(exc.code or 0)
 
 
 if __name__ == "__main__":  # the guard matters: Dask workers are spawned processes

@@ -1,6 +1,6 @@
 """detect-scene: one optical/SAR pair → change products, as plan → one task per block → finalize.
 
-Thin by design: every pixel is handled by `pipeline.run` (plan_run / run_block / finalize_run). The flow
+Thin by design: every pixel is handled by `pipeline.engine` (plan_run / run_block / finalize_run). The flow
 adds task boundaries (a block is the unit of retry and of placement on a Dask worker), retries on
 transient faults (safe: block writes are idempotent), small JSON manifests as persisted results, and
 artifacts (a progress bar while blocks finish, a markdown summary at the end).
@@ -19,27 +19,13 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE
 from prefect.events import emit_event
-from pydantic import BaseModel
 
 from flows.faults import is_transient, retry_transient
 from flows.runner import annotate_resources, block_resources, choose_runner, task_runner
+from pipeline.engine.finalize import RunSummary
 
 MANIFEST = {"persist_result": True, "result_serializer": "json", "cache_policy": NONE}
 MAX_RESUBMITS = 2  # extra submissions of a block whose worker was lost
-
-
-class DetectManifest(BaseModel):
-    """What a detect-scene run returns (and persists): links and figures, never arrays."""
-
-    run_key: str
-    output: str
-    model_digest: str
-    products: dict[str, str]
-    blocks: int
-    tiles: int
-    megapixels: float
-    changed_km2: float | None
-    seconds: float
 
 
 def resolve_model(model: str, registry: str | None = None) -> str:
@@ -63,7 +49,7 @@ def resolve_model(model: str, registry: str | None = None) -> str:
 @task(name="plan", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, **MANIFEST)
 def plan_task(request: Any) -> Any:
     """Open both scenes lazily, check grids, lay out the tile grid and blocks (small JSON plan)."""
-    from pipeline.run import plan_run
+    from pipeline.engine.plan import plan_run
 
     return plan_run(request)
 
@@ -78,7 +64,7 @@ def plan_task(request: Any) -> Any:
 )
 def block_task(plan: Any, block_id: int) -> Any:
     """Infer and write one block (idempotent: returns at once when already marked done)."""
-    from pipeline.run import run_block
+    from pipeline.engine.block import run_block
 
     return run_block(plan, block_id)
 
@@ -92,7 +78,7 @@ def block_task(plan: Any, block_id: int) -> Any:
 )
 def finalize_task(plan: Any) -> Any:
     """COG, polygons, STAC item and quick-look once every block is done (moved into place)."""
-    from pipeline.run import finalize_run
+    from pipeline.engine.finalize import finalize_run
 
     return finalize_run(plan)
 
@@ -135,7 +121,7 @@ def _api_url() -> str | None:
     return str(ctx.client.api_url) if ctx and ctx.client else None
 
 
-def summary_markdown(manifest: DetectManifest, optical: str, sar: str) -> str:
+def summary_markdown(manifest: RunSummary, optical: str, sar: str) -> str:
     """The run summary shown in the Prefect UI."""
     area = "n/a (no CRS)" if manifest.changed_km2 is None else f"{manifest.changed_km2:.4f}"
     rows = "\n".join(f"| {name} | `{uri}` |" for name, uri in manifest.products.items())
@@ -144,7 +130,7 @@ def summary_markdown(manifest: DetectManifest, optical: str, sar: str) -> str:
         f"- optical: `{optical}`\n- SAR: `{sar}`\n- model: `{manifest.model_digest}`\n\n"
         "| figure | value |\n| --- | --- |\n"
         f"| blocks | {manifest.blocks} |\n| tiles | {manifest.tiles} |\n"
-        f"| Mpx | {manifest.megapixels:.2f} |\n| time (s) | {manifest.seconds:.1f} |\n"
+        f"| Mpx | {manifest.mpx:.2f} |\n| time (s) | {manifest.seconds:.1f} |\n"
         f"| changed area (km²) | {area} |\n\n"
         f"| product | location |\n| --- | --- |\n{rows}\n"
     )
@@ -166,7 +152,7 @@ def detect_scene(
     dask_address: str | None = None,
     registry: str | None = None,
     overwrite: bool = False,
-) -> DetectManifest:
+) -> RunSummary:
     """Detect change between a pre-event optical and a post-event SAR scene (local or s3://).
 
     Args:
@@ -181,7 +167,8 @@ def detect_scene(
         overwrite: replace products of another run found at `output`.
     """
     from pipeline.config import load_detect_config
-    from pipeline.run import DetectRequest, pending_blocks
+    from pipeline.engine.block import pending_blocks
+    from pipeline.engine.request import DetectRequest
 
     logger = get_run_logger()
     started = time.monotonic()
@@ -206,17 +193,8 @@ def detect_scene(
     elif plan.finished:
         logger.info("run %s already finished in %s: nothing to do", plan.run_key[:12], plan.out)
     summary = finalize_task(plan)
-    manifest = DetectManifest(
-        run_key=summary.run_key,
-        output=summary.out,
-        model_digest=summary.model_digest,
-        products=dict(summary.products),
-        blocks=summary.blocks,
-        tiles=summary.tiles,
-        megapixels=summary.mpx,
-        changed_km2=summary.changed_km2,
-        seconds=round(time.monotonic() - started, 3),
-    )
+    # the run's own summary type, timed over the whole flow (scheduling and workers included)
+    manifest = summary.model_copy(update={"seconds": round(time.monotonic() - started, 3)})
     create_markdown_artifact(
         summary_markdown(manifest, optical, sar),
         key="detect-scene-summary",
@@ -225,6 +203,6 @@ def detect_scene(
     emit_event(
         "m2cd.scene.detected",
         resource={"prefect.resource.id": f"m2cd.run.{manifest.run_key}"},
-        payload=manifest.model_dump(),
+        payload=manifest.model_dump(mode="json"),
     )
     return manifest

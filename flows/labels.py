@@ -13,13 +13,9 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli import app
 from pipeline.errors import ConfigError, InputError
 
 LABELS_EVENT = "m2cd.labels.updated"
-
-labels_app = typer.Typer(help="Training labels: publish new labels and trigger retraining.")
-app.add_typer(labels_app, name="labels")
 
 
 def validate_spec(path: Path) -> dict:
@@ -60,7 +56,7 @@ def push(
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL
 
-    from pipeline import storage
+    from pipeline.io import storage
 
     if not (PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL")):
         raise ConfigError(
@@ -90,7 +86,6 @@ def push(
     return uri, str(event.id)
 
 
-@labels_app.command("push")
 def push_command(
     spec: Path = typer.Argument(..., help="YAML with a `data:` section (scenes, labels, areas)."),
     to: str | None = typer.Option(None, help="Copy the spec under this prefix (local or s3://)."),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,10 +21,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
-from flows.detect_scene import DetectManifest, detect_scene
-from pipeline import storage
+from flows.detect_scene import detect_scene
 from pipeline.catalog import Pair, RegionConfig, discover, load_region, pair_scenes
+from pipeline.engine.finalize import RunSummary
 from pipeline.errors import M2CDError
+from pipeline.io import storage
 
 PAIR_RECORD = "pair.json"
 
@@ -61,7 +61,7 @@ class RegionRunError(M2CDError):
 
 
 def pair_output(region: RegionConfig, pair: Pair) -> str:
-    from pipeline.paths import child
+    from pipeline.io.paths import child
 
     return child(region.output, pair.id, what="pair id")  # an id can never climb out
 
@@ -73,14 +73,14 @@ def read_record(region: RegionConfig, pair: Pair) -> PairRecord | None:
     return PairRecord.model_validate_json(storage.read_bytes(uri))
 
 
-def write_record(region: RegionConfig, pair: Pair, manifest: DetectManifest) -> PairRecord:
+def write_record(region: RegionConfig, pair: Pair, manifest: RunSummary) -> PairRecord:
     record = PairRecord(
         pair_id=pair.id,
         optical=pair.optical.uri,
         sar=pair.sar.uri,
         optical_datetime=pair.optical.datetime.isoformat(),
         sar_datetime=pair.sar.datetime.isoformat(),
-        output=manifest.output,
+        output=manifest.out,
         run_key=manifest.run_key,
         changed_km2=manifest.changed_km2,
         products=manifest.products,
@@ -128,7 +128,7 @@ def find_pairs(region: RegionConfig) -> tuple[list[Pair], list[str]]:
 
 def _run_pair(
     region: RegionConfig, pair: Pair, deployment: str | None, params: dict[str, Any]
-) -> DetectManifest:
+) -> RunSummary:
     parameters = {
         "optical": pair.optical.uri,
         "sar": pair.sar.uri,
@@ -144,7 +144,7 @@ def _run_pair(
     flow_run = run_deployment(deployment, parameters=parameters, flow_run_name=f"detect-{pair.id}")
     if not flow_run.state or not flow_run.state.is_completed():
         raise RuntimeError(f"{deployment} run {flow_run.name} ended {flow_run.state}")
-    return DetectManifest.model_validate(flow_run.state.result())
+    return RunSummary.model_validate(flow_run.state.result())
 
 
 @flow(name="monitor-region", log_prints=True, persist_result=True, result_serializer="json")
@@ -165,7 +165,7 @@ def monitor_region(
     """
     logger = get_run_logger()
     cfg = load_region(region)
-    from pipeline.paths import resolve_output
+    from pipeline.io.paths import resolve_output
 
     cfg = cfg.model_copy(update={"output": resolve_output(cfg.output)})  # inside $M2CD_OUTPUT_ROOT
     pairs, unpaired = find_pairs(cfg)
@@ -196,10 +196,7 @@ def monitor_region(
         unpaired_sar=unpaired,
         failed=failed,
     )
-    storage.write_bytes_atomic(
-        storage.join(cfg.output, "summary.json"),
-        json.dumps(summary.model_dump(mode="json"), indent=2).encode(),
-    )
+    storage.write_json(storage.join(cfg.output, "summary.json"), summary.model_dump(mode="json"))
     storage.write_bytes_atomic(
         storage.join(cfg.output, "summary.csv"), summary_csv(records).encode()
     )

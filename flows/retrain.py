@@ -83,7 +83,7 @@ def build_recipe(
     """
     import yaml
 
-    from pipeline import storage
+    from pipeline.io import storage
     from pipeline.training import load_train_config
 
     raw = _recipe_dict(recipe or DEFAULT_RECIPE)
@@ -119,16 +119,17 @@ def train_task(cfg: Any, out_dir: str) -> TrainManifest:
 def evaluate_task(checkpoint: str, cfg: Any) -> dict[str, float]:
     """Change-class metrics of a checkpoint on the recipe's validation areas."""
     import m2cd
+    from pipeline.engine.device import autocast_dtype, resolve_device
     from pipeline.training.data import load_areas
-    from pipeline.training.trainer import resolve_device, resolve_precision, validate
+    from pipeline.training.trainer import validate
 
     device = resolve_device(cfg.device)
     model = m2cd.load_checkpoint(checkpoint).to(device)
-    bands = model.config.bands  # read the bands this model takes (pipeline.bands)
+    bands = model.config.bands  # read the bands this model takes (pipeline.io.bands)
     _, val = load_areas(cfg.data, cfg.detect, (bands.optical_channels, bands.sar_channels))
     if not val:
         raise InputError("train config data", "no validation areas (`val:`) to compare models on")
-    amp = resolve_precision(device, cfg.precision)
+    amp = autocast_dtype(device, cfg.precision)
     metrics = validate(model, val, cfg.data.val_tile, cfg.data.batch_size, device, amp)
     return scalar_metrics(metrics)
 

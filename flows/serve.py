@@ -19,7 +19,6 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli import app
 from pipeline.errors import M2CDError
 
 
@@ -83,7 +82,6 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-@app.command("serve")
 def serve_command(
     host: str = typer.Option("127.0.0.1", help="Address the Prefect API/UI binds to."),
     port: int = typer.Option(4200, help="Port of the Prefect API/UI."),

@@ -71,6 +71,7 @@ class Encoder(nn.Module):
         self.sar_stem: nn.Module | None = None
 
     def stem(self, x: Tensor, modality: str) -> Tensor:
+        """The modality's stem (SAR may have its own): NCHW input → first stage's input."""
         raise NotImplementedError
 
     def stage(self, i: int, x: Tensor) -> Tensor:
@@ -79,10 +80,13 @@ class Encoder(nn.Module):
 
     @property
     def num_stages(self) -> int:
+        """Number of feature stages (one MoE and one decoder input each)."""
         return len(self.channels)
 
 
 class MiTEncoder(Encoder):
+    """MiT (SegFormer) encoder from timm's pvt_v2, the paper's backbone (b0/b1)."""
+
     def __init__(self, cfg: BackboneConfig, in_chans: int, sar_chans: int | None):
         super().__init__()
         preset = MIT_PRESETS[cfg.name]
@@ -115,6 +119,7 @@ class MiTEncoder(Encoder):
         self.channels = tuple(widths)
 
     def stem(self, x: Tensor, modality: str) -> Tensor:
+        """Overlapping patch embedding of the modality (a separate SAR stem when configured)."""
         embed = (
             self.sar_stem if (modality == "sar" and self.sar_stem is not None) else self.patch_embed
         )
@@ -153,6 +158,8 @@ class MiTEncoder(Encoder):
 
 
 class ResNetEncoder(Encoder):
+    """ResNet-18 encoder (the R18 rows of the evaluation): four stages of timm's resnet18."""
+
     def __init__(self, cfg: BackboneConfig, in_chans: int, sar_chans: int | None):
         super().__init__()
         kwargs = dict(stem_type="deep", stem_width=32, num_classes=0)
@@ -169,12 +176,14 @@ class ResNetEncoder(Encoder):
         self.channels = (64, 128, 256, 512)
 
     def stem(self, x: Tensor, modality: str) -> Tensor:
+        """conv1/bn/act/maxpool of the modality."""
         stem = (
             self.sar_stem if (modality == "sar" and self.sar_stem is not None) else self.stem_layers
         )
         return stem(x)
 
     def stage(self, i: int, x: Tensor) -> Tensor:
+        """Run residual stage i on the previous stage's output; returns NCHW."""
         return self.layers[i](x)
 
 
@@ -216,12 +225,14 @@ class MobileNetV3Encoder(Encoder):
         self.channels = tuple(chans)
 
     def stem(self, x: Tensor, modality: str) -> Tensor:
+        """The first conv block of the modality."""
         stem = (
             self.sar_stem if (modality == "sar" and self.sar_stem is not None) else self.stem_layers
         )
         return stem(x)
 
     def stage(self, i: int, x: Tensor) -> Tensor:
+        """Run block group i on the previous stage's output; returns NCHW."""
         return self.segments[i](x)
 
 

@@ -93,14 +93,11 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Verify the digest, rebuild the model from its config, load the weights; eval mode.
-
-    A distillation teacher named in the config is not attached (inference does not need it).
-    """
-    from safetensors.torch import load_file
-
-    from m2cd.model import build_model
+def verify_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's metadata once its weights are proven to be the ones it records: the one
+    digest check (loads and the engine's plan-time check both use it). Also refuses a file that
+    is not safetensors before anything parses it (a pickle planted under the name never loads)."""
+    from safetensors import safe_open
 
     path = Path(path)
     meta = read_checkpoint_meta(path)
@@ -110,8 +107,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path / WEIGHTS}: digest mismatch (recorded {meta['digest']}, file {actual}); "
             "the weights were modified or truncated"
         )
+    try:  # the header only
+        with safe_open(str(path / WEIGHTS), framework="pt"):
+            pass
+    except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types)
+        raise CheckpointError(
+            f"{path / WEIGHTS}: not a safetensors file ({exc}); refusing to load it"
+        ) from None
+    return meta
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", verify: bool = True
+) -> nn.Module:
+    """Verify the digest, rebuild the model from its config, load the weights; eval mode.
+
+    `verify=False` is for a caller that ran `verify_checkpoint` on these very files in this
+    process (the engine at plan time): the weights are then hashed once per run, not twice.
+    A distillation teacher named in the config is not attached (training does that).
+    """
+    from safetensors.torch import load_file
+
+    from m2cd.model import build_model
+
+    path = Path(path)
+    meta = verify_checkpoint(path) if verify else read_checkpoint_meta(path)
     try:
-        model = build_model(meta["model"], with_teacher=False)
+        model = build_model(meta["model"])
     except ValueError as exc:
         raise CheckpointError(f"{path / META}: invalid model config: {exc}") from exc
     device = str(map_location)

@@ -1,6 +1,7 @@
 """ModelConfig: every choice that shapes an M²CD network, validated by pydantic.
 
-Named configs live in ``configs/model/NAME.yaml`` at the repository root; a config is also accepted
+Named configs live in ``configs/model/NAME.yaml`` (the repository's ``configs/``, installed as package
+data ``m2cd/configs/`` by a wheel: ``config_root``); a config is also accepted
 as a YAML path, a dict or a ModelConfig, with dotted or nested overrides on top.
 """
 
@@ -12,16 +13,28 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
+
+def config_root() -> Path:
+    """The shipped configs (model/, pipeline/, train/, regions/): the wheel's package data
+    `m2cd/configs/` when installed, else the checkout's `configs/` (editable or PYTHONPATH)."""
+    packaged = Path(__file__).resolve().parent / "configs"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "configs"
+
+
+CONFIG_ROOT = config_root()
+CONFIG_DIR = CONFIG_ROOT / "model"
 
 BackboneName = Literal["mit_b0", "mit_b1", "resnet18", "mobilenetv3_large", "mobilenetv3_small"]
 
 
-class _Section(BaseModel):
+class ConfigSection(BaseModel):
+    """The base of every config section in the project: unknown keys are refused (a typo names
+    the field instead of being ignored) and values are frozen (a config is hashed into run keys)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BackboneConfig(_Section):
+class BackboneConfig(ConfigSection):
     """The shared encoder. MiT widths/depths/heads may be shrunk (e.g. the ``tiny`` test model)."""
 
     name: BackboneName = "mit_b1"
@@ -50,7 +63,7 @@ class BackboneConfig(_Section):
         return self
 
 
-class MoEConfig(_Section):
+class MoEConfig(ConfigSection):
     """Spec §4: sparse MoE after each stage (after the taps for MobileNetV3)."""
 
     enabled: bool = True
@@ -67,7 +80,7 @@ class MoEConfig(_Section):
         return self
 
 
-class O2SPConfig(_Section):
+class O2SPConfig(ConfigSection):
     """Spec §5: pseudo-SAR branch and guide loss, training only.
 
     ``official``: x·G on the normalised input, G ~ Gamma(1/v, scale v), v ~ U{var_min..var_max} once
@@ -84,7 +97,7 @@ class O2SPConfig(_Section):
     looks: float = Field(
         default=4.4, gt=0, description="Equivalent number of looks (S1 GRD ≈ 4.4)."
     )
-    # looks mode: input = (intensity − mean)/std. The defaults invert pipeline.normalize's optical
+    # looks mode: input = (intensity − mean)/std. The defaults invert pipeline.io.normalize's optical
     # scaling, (refl/max_reflectance − 0.5)/0.25; the official ImageNet preprocessing would be
     # mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
     input_mean: tuple[float, ...] = (0.5,)
@@ -97,7 +110,7 @@ class O2SPConfig(_Section):
         return self
 
 
-class DistillConfig(_Section):
+class DistillConfig(ConfigSection):
     """Self-distillation beyond the official code: KL(T) between teacher and student logits."""
 
     teacher: str = Field(
@@ -108,7 +121,7 @@ class DistillConfig(_Section):
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
 
 
-class BandsConfig(_Section):
+class BandsConfig(ConfigSection):
     """Input bands. Official: 3-band optical, SAR gray replicated to 3, one shared stem."""
 
     optical_channels: int = Field(default=3, ge=1)
@@ -124,14 +137,14 @@ class BandsConfig(_Section):
         return self
 
 
-class DecoderConfig(_Section):
+class DecoderConfig(ConfigSection):
     """Spec §6 MLP head; its output is (padded input)/2, then resized to the input size."""
 
     channels: int = Field(default=256, ge=1)
     num_classes: int = Field(default=2, ge=2)
 
 
-class ModelConfig(_Section):
+class ModelConfig(ConfigSection):
     """The whole network. ``model.config`` holds one; checkpoints store it as JSON."""
 
     name: str = "custom"

@@ -137,7 +137,7 @@ def load_official(path: str | Path) -> dict[str, Tensor]:
     try:  # numpy 2 moved the pickled scalar constructor; old checkpoints name numpy.core
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import scalar
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
     safe: list[Any] = [np.dtype, scalar]
     safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32")]
     try:
@@ -169,7 +169,7 @@ def convert_checkpoint(
     if o2sp:
         cfg["o2sp"] = {"enabled": True}
     cfg = deep_merge(cfg, extra_config or {})
-    model = build_model(cfg, with_teacher=False)
+    model = build_model(cfg)
     state = convert_state_dict(official)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -24,10 +24,13 @@ class ConvBNReLU(nn.Module):
         self.bn = nn.BatchNorm2d(cout)
 
     def forward(self, x: Tensor) -> Tensor:
+        """conv → BN → ReLU, the official decoder's fuse block."""
         return F.relu(self.bn(self.conv(x)))
 
 
 class MLPDecoder(nn.Module):
+    """SegFormer-style MLP decoder over the concatenated optical/SAR features of every stage."""
+
     def __init__(self, in_channels: tuple[int, ...], channels: int = 256, num_classes: int = 2):
         super().__init__()
         self.channels = channels
@@ -41,6 +44,7 @@ class MLPDecoder(nn.Module):
     cpu_chunk_bytes = 32 << 20
 
     def forward(self, feats: list[Tensor], out_size: tuple[int, int]) -> Tensor:
+        """Per-stage features → logits at the first stage's resolution (upsampled by the model)."""
         if self.reference:
             return self.forward_reference(feats, out_size)
         if self.training or torch.is_grad_enabled():

@@ -26,6 +26,7 @@ class ConfusionMatrix:
         self.counts = np.zeros((num_classes, num_classes), dtype=np.int64)
 
     def update(self, pred: Any, target: Any) -> ConfusionMatrix:
+        """Add one prediction/target pair; pixels equal to the ignore value are not counted."""
         p, t = _to_numpy(pred), _to_numpy(target)
         if p.ndim == t.ndim + 1:
             p = p.argmax(axis=1)
@@ -46,6 +47,7 @@ class ConfusionMatrix:
         return self
 
     def per_class(self) -> dict[str, np.ndarray]:
+        """Precision, recall, F1 and IoU per class (0 where a class has no support, not NaN)."""
         c = self.counts.astype(np.float64)
         tp = np.diag(c)
         fp = c.sum(0) - tp
@@ -60,6 +62,7 @@ class ConfusionMatrix:
         return {"precision": precision, "recall": recall, "f1": f1, "iou": iou}
 
     def overall_accuracy(self) -> float:
+        """Fraction of counted pixels that are right (dominated by no-change: read with F1)."""
         total = self.counts.sum()
         return float(np.trace(self.counts) / total) if total else 0.0
 

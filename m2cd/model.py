@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +14,19 @@ from torch import Tensor, nn
 from m2cd.backbones import build_encoder
 from m2cd.config import ModelConfig, load_model_config
 from m2cd.decoder import MLPDecoder
-from m2cd.distill import Teacher, build_teacher
 from m2cd.losses import distill_kl
 from m2cd.moe import MoE
 from m2cd.o2sp import guide_loss, pseudo_sar
+
+
+class Teacher(Protocol):
+    """What the model needs of a distillation teacher (pipeline.training.teacher builds them):
+    logits for a batch, and a hook after each optimiser step."""
+
+    def __call__(self, optical: Tensor, sar: Tensor) -> Tensor: ...
+
+    def update(self, student: nn.Module) -> None:
+        """Called after each optimiser step: an EMA teacher moves, a frozen one does nothing."""
 
 
 class M2CD(nn.Module):
@@ -28,6 +37,8 @@ class M2CD(nn.Module):
     batch (fewer, larger kernels); in training they run separately so that BatchNorm statistics and
     MoE balance statistics are per branch, as in the official code. O2SP never runs in eval mode.
     """
+
+    _teacher: Teacher | None  # set with object.__setattr__: outside the module tree
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -56,9 +67,11 @@ class M2CD(nn.Module):
     # -- teacher ---------------------------------------------------------------------------------
     @property
     def teacher(self) -> Teacher | None:
+        """The attached distillation teacher (None at inference: build_model attaches none)."""
         return self._teacher
 
     def attach_teacher(self, teacher: Teacher | None) -> None:
+        """Attach a teacher outside the module tree, so it never enters state_dict or checkpoints."""
         object.__setattr__(self, "_teacher", teacher)
 
     def update_teacher(self) -> None:
@@ -114,6 +127,7 @@ class M2CD(nn.Module):
         return feats
 
     def forward(self, optical: Tensor, sar: Tensor) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """Eval: logits at the input size; train: (logits, aux losses) to add to the loss."""
         optical, sar = self._check(optical, sar)
         h, w = optical.shape[-2:]
         opt_p, sar_p = self._pad(optical), self._pad(sar)
@@ -133,7 +147,7 @@ class M2CD(nn.Module):
                 f_pse = self._encode(
                     enc.stem(pseudo_sar(opt_p, self.config.o2sp), "optical"), balance
                 )
-                aux["o2sp_guide"] = sum(
+                aux["o2sp_guide"] = sum(  # type: ignore[assignment]  # a Tensor: ≥ 1 stage
                     guide_loss(a, b, c, self.config.o2sp)
                     for a, b, c in zip(f_opt, f_sar, f_pse, strict=True)
                 )
@@ -172,17 +186,12 @@ def reference_order(model: nn.Module) -> Iterator[None]:
 
 def build_model(
     name_or_config: str | Path | dict[str, Any] | ModelConfig = "m2cd_mit_b1",
-    *,
-    with_teacher: bool = True,
     **overrides: Any,
 ) -> M2CD:
     """Build from a config name (configs/model/NAME.yaml), YAML path, dict or ModelConfig.
 
     ``overrides`` are dotted (``**{"moe.enabled": False}``) or nested (``moe={"top_k": 1}``).
-    The teacher named in ``distill.teacher`` is attached unless ``with_teacher`` is False.
+    Pure: no teacher is attached, nothing is read but the config (training attaches the teacher
+    ``distill.teacher`` names, ``pipeline.training.teacher.attach_teacher``).
     """
-    cfg = load_model_config(name_or_config, **overrides)
-    model = M2CD(cfg)
-    if with_teacher:
-        model.attach_teacher(build_teacher(cfg.distill, model))
-    return model
+    return M2CD(load_model_config(name_or_config, **overrides))

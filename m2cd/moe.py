@@ -40,6 +40,7 @@ class CosineRouter(nn.Module):
         self.clamp_max = math.log(100.0)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Router logits: cosine similarity of tokens to expert embeddings (scale-free routing)."""
         proj = F.normalize(self.cosine_projector(x), dim=1)
         logits = proj @ F.normalize(self.sim_matrix, dim=0)
         return logits * torch.clamp(self.temperature, max=self.clamp_max).exp()
@@ -181,6 +182,7 @@ class MoE(nn.Module):
         return out
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Tokens through their top-k experts: (output, balance loss or None) for the training step."""
         n, c, h, w = x.shape
         tokens = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view when x is channels_last
         gates, loss = self.gating(tokens)

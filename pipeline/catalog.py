@@ -22,7 +22,6 @@ counts). SAR scenes without such an optical scene are reported as unpaired.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from datetime import UTC, datetime, timedelta
@@ -30,22 +29,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from pipeline import storage
+from m2cd.config import ConfigSection
 from pipeline.config import CONFIG_DIR, format_validation_error
 from pipeline.errors import ConfigError, InputError
+from pipeline.io import storage
 
 Role = Literal["optical", "sar"]
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})(?:T(\d{2}):?(\d{2}):?(\d{2}))?")
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".vrt", ".png", ".jp2")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SourceConfig(_Section):
+class SourceConfig(ConfigSection):
     """Where a region's scenes are listed."""
 
     kind: Literal["prefix", "stac"] = "prefix"
@@ -53,13 +49,13 @@ class SourceConfig(_Section):
     asset: str | None = Field(default=None, description="STAC asset key (default: first GeoTIFF).")
 
 
-class PairingConfig(_Section):
+class PairingConfig(ConfigSection):
     """Latest optical scene within `max_days_before` days before each SAR scene."""
 
     max_days_before: float = Field(default=30, gt=0)
 
 
-class RegionConfig(_Section):
+class RegionConfig(ConfigSection):
     """One monitored region (configs/regions/<name>.yaml)."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
@@ -200,12 +196,7 @@ def list_stac(
     uri: str, aoi: tuple[float, float, float, float] | None = None, asset: str | None = None
 ) -> Catalog:
     """Scenes of a STAC ItemCollection JSON, filtered by AOI bbox."""
-    try:
-        data = json.loads(storage.read_bytes(uri))
-    except FileNotFoundError:
-        raise InputError(uri, "STAC ItemCollection not found") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(uri, f"not valid JSON ({exc})") from None
+    data = storage.read_json(uri)
     if data.get("type") != "FeatureCollection":
         raise InputError(uri, f"expected a STAC ItemCollection, got type {data.get('type')!r}")
     scenes, skipped = [], []

@@ -9,21 +9,17 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from m2cd.config import deep_merge, dotted_to_nested
+from m2cd.config import CONFIG_ROOT, ConfigSection, deep_merge, dotted_to_nested
 from pipeline.errors import ConfigError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = CONFIG_ROOT  # configs/ of the checkout, or the installed package data
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OpticalConfig(_Section):
+class OpticalConfig(ConfigSection):
     """How optical digital numbers become model input."""
 
     bands: list[int] | None = Field(
@@ -44,12 +40,12 @@ class OpticalConfig(_Section):
     @field_validator("scale")
     @classmethod
     def _positive_scale(cls, v: float | str) -> float | str:
-        if v != "auto" and not v > 0:
+        if isinstance(v, float | int) and not v > 0:
             raise ValueError(f"scale must be > 0 or 'auto', got {v}")
         return v
 
 
-class SarConfig(_Section):
+class SarConfig(ConfigSection):
     """How SAR backscatter becomes model input (σ⁰ in dB, clipped)."""
 
     bands: list[int] | None = Field(default=None, description="1-based band indexes (1 or 2).")
@@ -90,13 +86,13 @@ class SarConfig(_Section):
         return self
 
 
-class GridConfig(_Section):
+class GridConfig(ConfigSection):
     """What happens when the two scenes are on different grids."""
 
     resampling: Literal["nearest", "bilinear", "cubic", "average"] = "bilinear"
 
 
-class TilingConfig(_Section):
+class TilingConfig(ConfigSection):
     """The global tile grid and the blocks (one task each) that group its tiles."""
 
     tile: int = Field(default=256, ge=32, le=4096)
@@ -111,7 +107,7 @@ class TilingConfig(_Section):
         return self
 
 
-class InferenceConfig(_Section):
+class InferenceConfig(ConfigSection):
     """Where and how the model runs."""
 
     batch_size: int = Field(default=8, ge=1)
@@ -137,7 +133,7 @@ class InferenceConfig(_Section):
         return value
 
 
-class ProductConfig(_Section):
+class ProductConfig(ConfigSection):
     """Which products are written and how."""
 
     threshold: float = Field(default=0.5, gt=0, lt=1)
@@ -157,7 +153,7 @@ class ProductConfig(_Section):
     )
 
 
-class DetectConfig(_Section):
+class DetectConfig(ConfigSection):
     """Everything that shapes a detection run's products (hashed into the run key)."""
 
     optical: OpticalConfig = OpticalConfig()
@@ -175,9 +171,10 @@ def _allowed_keys(model: type[BaseModel] | None, path: tuple[Any, ...]) -> list[
     """The field names of the section at `path` inside `model` (None when it cannot be followed)."""
     for part in path:
         field = model.model_fields.get(str(part)) if model is not None else None
-        model = field.annotation if field is not None else None
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
+        model = annotation
     return list(model.model_fields) if model is not None else None
 
 
@@ -238,3 +235,15 @@ def load_detect_config(
 ) -> DetectConfig:
     """Load a DetectConfig from a YAML file, a named config in configs/pipeline/, or a dict."""
     return load_validated(DetectConfig, source, overrides, CONFIG_DIR / "pipeline", "config")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` items of `--set` (dotted keys, YAML values) → overrides for the config loaders;
+    the one parser of every `--set` (detect, train, the evaluation scripts)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. tiling.tile=512")
+        out[key.strip()] = yaml.safe_load(value)
+    return out

@@ -13,7 +13,6 @@ twice is a no-op and promotion is a single small JSON write. Pure Python: no Pre
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -23,8 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from pipeline import storage
 from pipeline.errors import InputError
+from pipeline.io import storage
 
 PROMOTED = "promoted"
 
@@ -82,17 +81,6 @@ class Registry:
         """Checkpoint directory of a registered model (local path or s3:// URI)."""
         return self._uri("models", digest_hex(digest), "checkpoint")
 
-    def _read_json(self, uri: str) -> dict[str, Any] | None:
-        if not storage.exists(uri):
-            return None
-        try:
-            return json.loads(storage.read_bytes(uri))
-        except json.JSONDecodeError as exc:
-            raise InputError(uri, f"not valid JSON ({exc})") from None
-
-    def _write_json(self, uri: str, obj: dict[str, Any]) -> None:
-        storage.write_bytes_atomic(uri, json.dumps(obj, indent=2, sort_keys=True).encode())
-
     def register(
         self,
         checkpoint: str | os.PathLike[str],
@@ -128,8 +116,8 @@ class Registry:
             registered_at=_now(),
         )
         hexd = digest_hex(digest)
-        self._write_json(self._uri("models", hexd, "config.json"), record.config)
-        self._write_json(  # written last: its presence makes the model visible to get/list
+        storage.write_json(self._uri("models", hexd, "config.json"), record.config)
+        storage.write_json(  # written last: its presence makes the model visible to get/list
             self._uri("models", hexd, "metrics.json"),
             {
                 "digest": digest,
@@ -143,7 +131,7 @@ class Registry:
     def get(self, digest: str) -> ModelRecord:
         """The record of a registered model (InputError naming the path when unknown)."""
         hexd = digest_hex(digest)
-        meta = self._read_json(self._uri("models", hexd, "metrics.json"))
+        meta = storage.read_json(self._uri("models", hexd, "metrics.json"), missing_ok=True)
         if meta is None:
             raise InputError(self._uri("models", hexd), "model not registered")
         return ModelRecord(
@@ -151,7 +139,8 @@ class Registry:
             uri=self.model_uri(digest),
             metrics=meta.get("metrics", {}),
             validation=meta.get("validation"),
-            config=self._read_json(self._uri("models", hexd, "config.json")) or {},
+            config=storage.read_json(self._uri("models", hexd, "config.json"), missing_ok=True)
+            or {},
             registered_at=meta.get("registered_at", ""),
         )
 
@@ -174,7 +163,7 @@ class Registry:
 
     def promoted(self) -> Promotion | None:
         """The current promotion, or None before the first one."""
-        data = self._read_json(self._uri("promoted.json"))
+        data = storage.read_json(self._uri("promoted.json"), missing_ok=True)
         return Promotion.model_validate(data) if data else None
 
     def promote(self, digest: str, *, reason: str = "") -> Promotion:
@@ -188,7 +177,7 @@ class Registry:
             reason=reason,
             previous=current.digest if current else None,
         )
-        self._write_json(self._uri("promoted.json"), promotion.model_dump())
+        storage.write_json(self._uri("promoted.json"), promotion.model_dump())
         return promotion
 
     def fetch(self, digest: str, cache_dir: str | os.PathLike[str]) -> Path:

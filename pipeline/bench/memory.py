@@ -25,7 +25,8 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     import time
 
     from pipeline.config import load_detect_config
-    from pipeline.run import DetectRequest, detect
+    from pipeline.engine.local import detect
+    from pipeline.engine.request import DetectRequest
 
     cfg = load_detect_config("default", args["overrides"])
     start = time.perf_counter()

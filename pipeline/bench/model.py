@@ -98,7 +98,7 @@ def run(
     import m2cd
 
     dev = torch.device(device)
-    model = m2cd.build_model(model_name, with_teacher=False).eval().to(dev)
+    model = m2cd.build_model(model_name).eval().to(dev)
     gen = torch.Generator().manual_seed(0)
     optical = torch.randn(batch, model.config.bands.optical_channels, size, size, generator=gen).to(
         dev

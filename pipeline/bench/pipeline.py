@@ -2,7 +2,7 @@
 
 Both are measured in the same process and run, on the same tiles, with the same model instance,
 batch size, device and precision. The baseline is the model alone on tiles already normalised in
-memory (fixed-shape batches, like the engine); the end-to-end figure is `pipeline.run.detect`
+memory (fixed-shape batches, like the engine); the end-to-end figure is `pipeline.engine.local.detect`
 (plan, reads and normalisation on the reader thread, blending, Zarr writes, finalize with COGs,
 polygons, STAC, quicklook) on a fresh output prefix. `efficiency` = end-to-end tiles/s ÷ forward
 tiles/s, so 1.0 means the engine adds nothing to the model's own time: the median over repeats of
@@ -23,10 +23,10 @@ import numpy as np
 
 def _tiles_in_memory(plan: Any, model: Any) -> tuple[np.ndarray, np.ndarray]:
     """Every tile of the scene, normalised, as the engine would feed them (row-major)."""
-    from pipeline.run import _pair_reader
+    from pipeline.engine.pair import pair_reader
 
     bands = getattr(getattr(model, "config", None), "bands", None)
-    read = _pair_reader(
+    read = pair_reader(
         plan, getattr(bands, "optical_channels", None), getattr(bands, "sar_channels", None)
     )
     grid = plan.tile_grid
@@ -63,8 +63,12 @@ def run(
 ) -> dict[str, Any]:
     """Synthesise a size² pair, then time forward-only and end-to-end detect `repeats` times each."""
     from pipeline.config import load_detect_config
-    from pipeline.inference import Predictor, load_model, resolve_device
-    from pipeline.run import DetectRequest, detect, plan_run
+    from pipeline.engine.device import resolve_device
+    from pipeline.engine.local import detect
+    from pipeline.engine.models import load_model
+    from pipeline.engine.plan import plan_run
+    from pipeline.engine.predict import Predictor
+    from pipeline.engine.request import DetectRequest
     from pipeline.synth import synth_pair
 
     with tempfile.TemporaryDirectory(prefix="m2cd-bench-", dir=workdir) as tmp:

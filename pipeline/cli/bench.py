@@ -6,15 +6,7 @@ import json
 
 import typer
 
-from pipeline.cli import app
 
-bench_app = typer.Typer(
-    help="Benchmarks (medians, with a baseline measured in the same run).", no_args_is_help=True
-)
-app.add_typer(bench_app, name="bench")
-
-
-@bench_app.command("model")
 def bench_model(
     model: str = typer.Option("m2cd_mit_b1", "--model", help="Named config in configs/model/."),
     batch: int = typer.Option(8, "--batch", min=1),
@@ -41,7 +33,6 @@ def bench_model(
     typer.echo(json.dumps(result) if as_json else format_table(result))
 
 
-@bench_app.command("pipeline")
 def bench_pipeline(
     model: str = typer.Option("m2cd_mit_b0", "--model", help="Named config (random weights)."),
     size: int = typer.Option(2048, "--size", min=64, help="Synthetic scene side in pixels."),
@@ -60,7 +51,6 @@ def bench_pipeline(
     typer.echo(json.dumps(result) if as_json else format_table(result))
 
 
-@bench_app.command("memory")
 def bench_memory(
     small: int = typer.Option(4096, "--small", min=64, help="Side of the small scene."),
     large: int = typer.Option(16384, "--large", min=64, help="Side of the large scene."),

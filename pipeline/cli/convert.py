@@ -6,10 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli import app
 
-
-@app.command("convert-checkpoint")
 def convert_checkpoint(
     source: Path = typer.Argument(..., help="Official .pth (MiT-b0/b1; none, MoE or MoE+O2SP)."),
     output: Path = typer.Argument(..., help="Checkpoint directory to write."),

@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from pipeline.cli import app
 
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """`key=value` pairs (dotted keys, YAML values) → overrides for load_detect_config."""
-    import yaml
-
-    from pipeline.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. tiling.tile=512")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-@app.command("detect")
 def detect_command(
     optical: Annotated[str, typer.Argument(help="Pre-event optical scene (path or s3:// URI).")],
     sar: Annotated[str, typer.Argument(help="Post-event SAR scene (path or s3:// URI).")],
@@ -65,10 +47,12 @@ def detect_command(
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
     """Detect change between OPTICAL (pre-event) and SAR (post-event); products go to OUT."""
-    from pipeline.config import load_detect_config
-    from pipeline.run import detect, validate_request
+    # inside the command: pipeline.config imports m2cd, which imports torch (~5 s of `m2cd --help`)
+    from pipeline.config import load_detect_config, parse_overrides
+    from pipeline.engine.local import detect
+    from pipeline.engine.request import validate_request
 
-    overrides = parse_sets(set_ or [])
+    overrides = parse_overrides(set_ or [])
     flags = {
         "tiling.tile": tile,
         "tiling.overlap": overlap,

@@ -6,10 +6,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import app
 
-
-@app.command("evaluate")
 def evaluate_command(
     label: Annotated[
         str, typer.Option("--label", help="Label raster (0/1 with 255 ignore, or 0/255).")

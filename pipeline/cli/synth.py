@@ -7,10 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import app
 
-
-@app.command("synth")
 def synth_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
     size: Annotated[tuple[int, int], typer.Option(help="Scene size H W in pixels.")] = (1024, 1024),

@@ -7,12 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli import app
-
 DEFAULT_RECIPE = "finetune"  # configs/train/finetune.yaml: the default fine-tuning recipe
 
 
-@app.command("train")
 def train_command(
     config: Annotated[
         str | None,
@@ -56,8 +53,8 @@ def train_command(
     """Train; writes OUT/best and OUT/last (each loadable by `m2cd detect --checkpoint`)."""
     import json
 
-    import yaml
-
+    # inside the command: these import torch (~5 s that `m2cd --help` does not need)
+    from pipeline.config import parse_overrides
     from pipeline.errors import ConfigError
     from pipeline.training.config import load_train_config
     from pipeline.training.trainer import train
@@ -91,11 +88,7 @@ def train_command(
     }.items():
         if value is not None:
             overrides[key] = value
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
+    overrides.update(parse_overrides(set_ or []))
     cfg = load_train_config(config or DEFAULT_RECIPE, overrides)
     if model is not None or steps is not None or init is not None:
         last = cfg.stages[-1]

@@ -23,13 +23,13 @@ from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 
 from pipeline.config import ProductConfig
+from pipeline.io.storage import bound_gdal_cache, is_remote, join, put_file_atomic
 from pipeline.products.cog import GDAL_ENV, MASK_LAYER, PROBABILITY_LAYER, TiledWriter, to_cog
 from pipeline.products.metadata import ProductMetadata, redact_uri
 from pipeline.products.polygons import GeoJSONWriter, Part, PolygonBuilder
 from pipeline.products.quicklook import write_quicklook
 from pipeline.products.source import check_layout, iter_blocks, open_store
 from pipeline.products.stac import ChangeSummary, build_item, write_item
-from pipeline.storage import bound_gdal_cache, is_remote, join, put_file_atomic
 
 __all__ = ["ProductMetadata", "redact_uri", "write_products", "PRODUCT_FILES"]
 

@@ -15,9 +15,9 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 
 from pipeline.errors import InputError
+from pipeline.io.storage import gdal_env, gdal_path
 from pipeline.products.cog import plain_image_ok
 from pipeline.products.metadata import ProductMetadata
-from pipeline.storage import gdal_env, gdal_path
 
 NODATA_GREY = np.array([128, 128, 128], dtype=np.float32)
 CHANGE_RED = np.array([255, 0, 0], dtype=np.float32)

@@ -13,8 +13,8 @@ import numpy as np
 import zarr
 
 from pipeline.errors import InputError
+from pipeline.io.storage import zarr_store
 from pipeline.products.zarr_store import MASK, PROBABILITY
-from pipeline.storage import zarr_store
 
 
 @dataclass(frozen=True)

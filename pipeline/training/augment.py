@@ -96,7 +96,7 @@ def sar_radiometric(
 ) -> np.ndarray:
     """dB calibration offset, dB dynamic-range gain, speckle resampling and dB noise.
 
-    ``units_per_db`` converts dB to the normalised SAR input (``pipeline.normalize`` maps σ⁰ dB
+    ``units_per_db`` converts dB to the normalised SAR input (``pipeline.io.normalize`` maps σ⁰ dB
     linearly), so every amplitude in the config is in dB whatever the normalisation.
     """
     out = sar.astype(np.float32, copy=True)

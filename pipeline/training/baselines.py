@@ -55,7 +55,7 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float
 
 def _brightness(optical: np.ndarray) -> np.ndarray:
     """Log of optical brightness: normalised input back to [0, 1] of the reflectance clip."""
-    refl = np.clip(optical.mean(axis=0) * 0.25 + 0.5, 0, 1)  # inverse of pipeline.normalize
+    refl = np.clip(optical.mean(axis=0) * 0.25 + 0.5, 0, 1)  # inverse of pipeline.io.normalize
     return np.log(refl + 1e-3)
 
 

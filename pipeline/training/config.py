@@ -12,16 +12,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from m2cd.config import CONFIG_ROOT
+from m2cd.config import ConfigSection as _Section
 from pipeline.config import DetectConfig, load_validated
 from pipeline.errors import ConfigError
 
-TRAIN_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "train"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+TRAIN_CONFIG_DIR = CONFIG_ROOT / "train"
 
 
 def parse_window(text: str) -> tuple[int, int, int, int]:

@@ -94,15 +94,15 @@ def decode_label(
 
 
 def _window(window: tuple[int, int, int, int]):
-    from pipeline.scene import Window
+    from pipeline.geometry import PixelBox
 
     r0, r1, c0, c1 = window
-    return Window(r0, r1, c0, c1)
+    return PixelBox(r0, r1, c0, c1)
 
 
 def area_window(area: Area, optical_uri: str, cfg: DetectConfig) -> tuple[int, int, int, int]:
     """Pixel window of an area, clipped to the scene; bounds go through the optical transform."""
-    from pipeline.scene import open_scene
+    from pipeline.io.scene import open_scene
 
     scene = open_scene(optical_uri, "optical", cfg)
     h, w = scene.shape
@@ -142,9 +142,9 @@ def read_pair(
     ``channels``: the model's channel counts; the bands are then chosen as the engine chooses them
     (``pipeline.bands.resolve_bands``), so a model trains and detects on the same bands.
     """
-    from pipeline.bands import resolve_bands
-    from pipeline.normalize import normalize_optical, normalize_sar, valid_mask
-    from pipeline.scene import open_scene
+    from pipeline.io.bands import resolve_bands
+    from pipeline.io.normalize import normalize_optical, normalize_sar, valid_mask
+    from pipeline.io.scene import open_scene
 
     opt_scene = open_scene(optical_uri, "optical", cfg)
     sar_scene = open_scene(sar_uri, "sar", cfg)
@@ -178,7 +178,7 @@ def _read_label_raw(
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    from pipeline import storage
+    from pipeline.io import storage
 
     try:
         with storage.gdal_env(uri), rasterio.open(storage.gdal_path(uri)) as src:

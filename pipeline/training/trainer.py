@@ -9,6 +9,10 @@ Layout of ``out_dir`` (the last stage writes at the top, earlier ones under ``st
     out_dir/done.json  written when the stage finished (a resumed run skips finished stages)
 
 Without validation areas, ``best`` is the final model (nothing to select on).
+
+Longer than 400 lines on purpose: the stage loop, its checkpointing and its exact resume share
+the `_Stage` state and are only correct together (resume is byte-identical); the pure helpers
+(loss, optimiser, augment, data, state files, device rule) already live in their own modules.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.engine.device import autocast_dtype, resolve_device
 from pipeline.errors import ConfigError, InputError
 from pipeline.training.augment import augment
 from pipeline.training.config import StageConfig, TrainConfig
@@ -40,6 +45,7 @@ from pipeline.training.data import (
 )
 from pipeline.training.optim import build_optimizer, set_lr
 from pipeline.training.state import has_state, load_state, save_state
+from pipeline.training.teacher import EMATeacher, attach_teacher
 
 
 @dataclass
@@ -63,30 +69,6 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def resolve_precision(device: torch.device, precision: str) -> torch.dtype | None:
-    """None (fp32), bf16 or fp16. auto: bf16 on CUDA when supported (else fp16); on CPU bf16 when
-    the CPU has native bf16 (AVX-512 BF16 / AMX), else fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    cpu_bf16 = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")() in {"AVX512", "AMX"}
-    native = getattr(getattr(torch, "cpu", None), "_is_avx512_bf16_supported", lambda: False)()
-    return torch.bfloat16 if cpu_bf16 and native else None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but no CUDA device is available")
-    return torch.device(name)
-
-
 def segmentation_loss(
     logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig, weights: torch.Tensor | None
 ) -> torch.Tensor:
@@ -103,7 +85,7 @@ def segmentation_loss(
 
 
 def _channels(x: np.ndarray, want: int) -> np.ndarray:
-    from pipeline.normalize import match_channels
+    from pipeline.io.normalize import match_channels
 
     return match_channels(x, want)
 
@@ -149,8 +131,6 @@ def validate(
 def ema_teacher(model: torch.nn.Module) -> torch.nn.Module | None:
     """The network of the model's EMA teacher (state that moves every step and must be saved for
     exact resume), or None for no teacher or a frozen checkpoint teacher (reloaded from disk)."""
-    from m2cd.distill import EMATeacher
-
     teacher = getattr(model, "teacher", None)
     return teacher.net if isinstance(teacher, EMATeacher) else None
 
@@ -185,18 +165,16 @@ class _Stage:
         resume: bool,
     ):
         import m2cd
-        from m2cd.distill import build_teacher
 
         self.cfg, self.stage, self.dir, self.metrics_path = cfg, stage, stage_dir, metrics_path
         self.val_areas = val_areas
         self.device = resolve_device(cfg.device)
-        self.amp = resolve_precision(self.device, cfg.precision)
+        self.amp = autocast_dtype(self.device, cfg.precision)
         self.rng = seed_everything(cfg.seed)
         self.model = m2cd.build_model(stage.model, **stage.model_overrides).to(self.device)
         if init_from is not None:
             self._init_weights(init_from)
-            if ema_teacher(self.model) is not None:  # start the EMA from the loaded weights
-                self.model.attach_teacher(build_teacher(self.model.config.distill, self.model))
+        attach_teacher(self.model)  # after the initial weights: an EMA starts from them
         self.model.train()
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
@@ -206,7 +184,9 @@ class _Stage:
             cw = class_weights(train_areas)
         self.weights = torch.tensor(cw, dtype=torch.float32, device=self.device) if cw else None
         lo, hi = cfg.detect.sar.db_range
-        self.sar_units_per_db = 2.0 / (hi - lo)  # pipeline.normalize maps [lo, hi] dB onto [-1, 1]
+        self.sar_units_per_db = 2.0 / (
+            hi - lo
+        )  # pipeline.io.normalize maps [lo, hi] dB onto [-1, 1]
         self.step = 0
         self.best_f1 = -math.inf
         self.best_metrics: dict[str, Any] | None = None
@@ -286,7 +266,7 @@ class _Stage:
             )
             for _ in range(self.cfg.data.batch_size)
         ]
-        bands = self.model.config.bands  # channel matching as in the engine (pipeline.run)
+        bands = self.model.config.bands  # channel matching as in the engine (pipeline.engine.pair)
         opt = torch.from_numpy(np.stack([_channels(c[0], bands.optical_channels) for c in chips]))
         sar = torch.from_numpy(np.stack([_channels(c[1], bands.sar_channels) for c in chips]))
         lab = torch.from_numpy(np.stack([c[2] for c in chips]).astype(np.int64))

@@ -1,27 +1,12 @@
-"""Shared inputs of the flow tests: a tiny checkpoint and a small synthetic scene (session-wide)."""
+"""Shared inputs of the flow tests: a small synthetic scene (session-wide); the tiny checkpoint is
+tests/fixtures/checkpoint.py."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 SCENE = (96, 128)  # one block, a handful of 64-px tiles: the flows are under test, not the model
 DETECT_OVERRIDES = {"tiling.tile": 64, "tiling.overlap": 16, "tiling.block": 512}
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real m2cd checkpoint of the tiny config (random weights, fixed seed)."""
-    import torch
-
-    import m2cd
-
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        m2cd.save_checkpoint(m2cd.build_model("tiny"), path)
-    return path
 
 
 @pytest.fixture(scope="session")

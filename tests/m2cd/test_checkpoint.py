@@ -83,28 +83,3 @@ def test_weights_not_matching_the_config_are_refused(saved, tmp_path):
     (bad / "checkpoint.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="do not fit"):
         m2cd.load_checkpoint(bad)
-
-
-def test_teacher_is_not_saved_and_ema_moves(tmp_path):
-    torch.manual_seed(0)
-    model = m2cd.build_model("tiny", **{"distill.teacher": "ema", "distill.ema_decay": 0.5}).train()
-    assert model.teacher is not None
-    assert not any(k.startswith("_teacher") for k in model.state_dict())
-    opt, sar = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
-    logits, aux = model(opt, sar)
-    expected = m2cd.losses.distill_kl(
-        logits, model.teacher(opt, sar), model.config.distill.temperature
-    )
-    assert aux["distill"].item() == pytest.approx(expected.item(), rel=1e-5)
-    assert aux["distill"].item() > 0
-    assert aux["distill"].requires_grad and model.teacher.net.training is False
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01)
-    before = next(model.teacher.net.parameters()).clone()
-    model.update_teacher()
-    assert not torch.equal(before, next(model.teacher.net.parameters()))
-    m2cd.save_checkpoint(model, tmp_path / "student")
-    teacher_cfg = {"distill.teacher": str(tmp_path / "student")}
-    frozen = m2cd.build_model("tiny", **teacher_cfg)
-    assert frozen.teacher is not None and not frozen.teacher.net.training

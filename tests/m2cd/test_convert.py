@@ -9,7 +9,6 @@ MoE loop, resize-concatenate-fuse decoder).
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -223,26 +222,3 @@ def test_converted_model_reproduces_official_logits(moe):
         ref = official_forward(sd, optical, sar, moe=moe)
     assert ours.shape == ref.shape == (1, 2, 64, 96)
     assert torch.allclose(ours, ref, atol=2e-4, rtol=1e-4), (ours - ref).abs().max()
-
-
-def test_cli_converts_an_mmengine_pth(tmp_path):
-    from flows.cli import main
-
-    src = tmp_path / "best_mIoU_iter_185000.pth"
-    torch.save(
-        {"meta": {"iter": 185000, "mmengine_version": "0.10.4"}, "state_dict": official_state()},
-        src,
-    )
-    dst = tmp_path / "converted"
-    assert main(["convert-checkpoint", str(src), str(dst), "--o2sp"]) == 0
-    model = m2cd.load_checkpoint(dst)
-    assert (
-        model.config.backbone.name == "mit_b1"
-        and model.config.moe.enabled
-        and model.config.o2sp.enabled
-    )
-    meta = json.loads((dst / "checkpoint.json").read_text())
-    assert meta["provenance"]["converted_from"] == str(src)
-    bad = tmp_path / "bad.pth"
-    torch.save({"state_dict": {"backbone.something.weird": torch.zeros(1)}}, bad)
-    assert main(["convert-checkpoint", str(bad), str(tmp_path / "x")]) == 2

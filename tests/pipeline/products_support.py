@@ -14,9 +14,9 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 
+from pipeline.io.storage import zarr_store
 from pipeline.products import ProductMetadata
 from pipeline.products.zarr_store import create_store, write_region
-from pipeline.storage import zarr_store
 
 SHAPE = (700, 900)
 CHUNK = 256

@@ -11,8 +11,8 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 from pipeline.config import ProductConfig
+from pipeline.io.storage import gdal_env, gdal_options, gdal_path, put_file_atomic
 from pipeline.products import PRODUCT_FILES, write_products
-from pipeline.storage import gdal_env, gdal_options, gdal_path, put_file_atomic
 from tests.pipeline.products_support import (
     UTM,
     change_mask,

@@ -11,8 +11,9 @@ import rasterio
 from flows.cli import main
 from pipeline.config import DetectConfig
 from pipeline.errors import OutputExistsError
-from pipeline.normalize import sar_to_db, valid_mask
-from pipeline.scene import Window, open_scene
+from pipeline.geometry import PixelBox
+from pipeline.io.normalize import sar_to_db, valid_mask
+from pipeline.io.scene import open_scene
 from pipeline.synth import SynthSpec, _render, _thresholds, synth_pair
 
 SPEC = SynthSpec(size=(384, 520), seed=11, change_fraction=0.06)
@@ -84,7 +85,7 @@ def test_nodata_strips_and_epsg4326(tmp_path):
     opt, sar = open_scene(res.optical, "optical", cfg), open_scene(res.sar, "sar", cfg)
     assert opt.crs.to_epsg() == 4326 and opt.transform.a == pytest.approx(9e-5)
     assert sar.bands == [1] and sar.units == "linear"
-    win = Window.full(opt.shape)
+    win = PixelBox.full(opt.shape)
     o, s = opt.read_window(win), sar.read_window(win)
     lab = _read(res.label)[0][0]
     assert (o[:, :, 180:] == 0).all() and (o[:, :, :180] > 0).all()  # optical nodata east

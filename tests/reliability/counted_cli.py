@@ -9,17 +9,17 @@ import sys
 
 
 def main() -> int:
-    import pipeline.inference as inference
+    import pipeline.engine.blend as blend
     from flows.cli import main as cli
 
-    real, calls = inference.predict_block, os.environ["M2CD_TEST_CALLS"]
+    real, calls = blend.predict_block, os.environ["M2CD_TEST_CALLS"]
 
     def counted(grid, core, *args, **kwargs):
         with open(calls, "a") as f:
             f.write(f"{core}\n")
         return real(grid, core, *args, **kwargs)
 
-    inference.predict_block = counted
+    blend.predict_block = counted
     return cli(sys.argv[1:])
 
 

@@ -65,7 +65,7 @@ def save_tiny_checkpoint(path: Path) -> str:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        m2cd.save_checkpoint(m2cd.build_model("tiny", with_teacher=False), path)
+        m2cd.save_checkpoint(m2cd.build_model("tiny"), path)
     return str(path)
 
 

@@ -114,7 +114,7 @@ def published(out: Path) -> list[str]:
 def request(pair: Pair, out, block: int = 64, **overrides):
     """A DetectRequest with the small config and the seeded `tiny` model."""
     from pipeline.config import load_detect_config
-    from pipeline.run import DetectRequest
+    from pipeline.engine.request import DetectRequest
 
     cfg = load_detect_config("default", {**SMALL, "tiling.block": block, **overrides})
     return DetectRequest(optical=pair.optical, sar=pair.sar, out=str(out), model="tiny", config=cfg)
@@ -125,7 +125,7 @@ def run_block_noting(plan, block_id: int, notes: str, pause: float = 0.0):
     a test can kill the process while the block is half done. The pause changes no pixel."""
     import time
 
-    from pipeline.run import run_block
+    from pipeline.engine.block import run_block
 
     def on_tiles(n: int) -> None:
         note = Path(notes) / f"{block_id}-{os.getpid()}"

@@ -163,7 +163,7 @@ def _huge_vrt(path: Path, size: int) -> str:
 
 
 def test_dimensions_beyond_the_limit_are_refused_before_any_allocation(good, tmp_path, capsys):
-    from pipeline.scene import open_scene
+    from pipeline.io.scene import open_scene
 
     huge = _huge_vrt(tmp_path / "huge.vrt", 100_000)  # 10^10 px > default max_pixels (2.5·10^9)
     tracemalloc.start()

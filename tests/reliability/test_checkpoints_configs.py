@@ -32,7 +32,7 @@ class Payload:
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ck") / "tiny"
-    m2cd.save_checkpoint(m2cd.build_model("tiny", with_teacher=False), path)
+    m2cd.save_checkpoint(m2cd.build_model("tiny"), path)
     return path
 
 

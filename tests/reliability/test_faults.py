@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.run import finalize_run, pending_blocks, plan_run
+from pipeline.engine.block import pending_blocks
+from pipeline.engine.finalize import finalize_run
+from pipeline.engine.plan import plan_run
 from tests.polling import wait_for
 from tests.reliability.support import (
     REPO,
@@ -305,4 +307,4 @@ def _save_tiny(path: Path) -> None:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        m2cd.save_checkpoint(m2cd.build_model("tiny", with_teacher=False), path)
+        m2cd.save_checkpoint(m2cd.build_model("tiny"), path)

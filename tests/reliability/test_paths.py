@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.paths import OUTPUT_ROOT_ENV, UnsafePathError, check_name, child, resolve_output
+from pipeline.io.paths import OUTPUT_ROOT_ENV, UnsafePathError, check_name, child, resolve_output
 from tests.reliability.support import detect_args, published, run_cli, write_pair
 
 
@@ -95,7 +95,8 @@ def pair(tmp_path_factory):
 
 def test_plan_refuses_an_escaping_output_before_reading_or_writing(pair, tmp_path, monkeypatch):
     from pipeline.config import load_detect_config
-    from pipeline.run import DetectRequest, plan_run
+    from pipeline.engine.plan import plan_run
+    from pipeline.engine.request import DetectRequest
 
     root = tmp_path / "root"
     monkeypatch.setenv(OUTPUT_ROOT_ENV, str(root))
@@ -172,7 +173,7 @@ def test_existing_products_are_never_overwritten_without_the_flag(pair, tmp_path
 
 @pytest.mark.s3
 def test_missing_output_bucket_is_an_input_error(s3_env):
-    from pipeline.paths import require_bucket
+    from pipeline.io.paths import require_bucket
 
     bucket = s3_env.bucket()
     require_bucket(f"s3://{bucket}/out")

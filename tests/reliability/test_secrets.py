@@ -47,7 +47,7 @@ def checkpoint(tmp_path):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         path = tmp_path / "ck"
-        m2cd.save_checkpoint(m2cd.build_model("tiny", with_teacher=False), path)
+        m2cd.save_checkpoint(m2cd.build_model("tiny"), path)
     return str(path)
 
 

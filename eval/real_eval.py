@@ -1,0 +1,424 @@
+"""Real-data evaluation (issue 6 item 5): fine-tune on a strip of each real pair, score the rest.
+
+One command per step, each reproducible (fixed splits, seeds, recipe file):
+
+    python -m eval.real_eval prepare   --data ../shared/data/real --cache runs/real/cache
+    python -m eval.real_eval baselines --cache runs/real/cache --out runs/real/baselines.jsonl
+    python -m eval.real_eval finetune  --cache runs/real/cache --out runs/real/finetune.jsonl \
+        --recipe configs/train/finetune.yaml --variants siam_r18,m2cd_r18,m2cd_r18_o2sp --seeds 0,1,2
+    python -m eval.real_eval table     runs/real/baselines.jsonl runs/real/finetune.jsonl
+
+``prepare`` reads every scene with the pipeline's reader, normalisation and valid mask
+(``pipeline.training.data.read_pair``) and stores the normalised arrays, so that the later steps
+need only numpy + torch (they also run on a GPU machine without GDAL). The split of each scene is a
+training strip (pixel windows, below) containing change; the test set is every other labelled pixel.
+
+Modality order: the *_sar2opt sets have SAR at t1 and optical at t2; we feed the optical image as
+input A and the SAR as input B (the model's convention), so pre/post are swapped w.r.t. CAU-Flood.
+Gloucester's t2 is a single band whose SAR-vs-optical nature is disputed; it is fed as B.
+Italy (optical→optical, no SAR) is excluded: it does not test optical→SAR change detection.
+
+Over 400 lines because the scene table (folders, files, training windows: ~80 lines of data) is the
+evaluation's definition and belongs beside the steps that read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from pipeline.config import parse_overrides
+from pipeline.training.data import IGNORE, LabelledArea
+
+# scene -> folder, optical file (A), SAR file (B), training windows (r0, r1, c0, c1)
+SCENES: dict[str, dict[str, Any]] = {
+    # factory + ponds (top) and a river strip (right): the training area holds part of each kind
+    "shuguang": {
+        "folder": "shuguang_sar2opt",
+        "optical": "t2.png",
+        "sar": "t1.png",
+        "train": [(0, 300, 0, 260), (400, 593, 700, 921)],
+    },
+    # river-bank changes along both arcs; the top rows hold the upper arc
+    "yellow_river": {
+        "folder": "yellow_river_sar2opt",
+        "optical": "t2.png",
+        "sar": "t1.png",
+        "train": [(0, 150, 0, 291)],
+    },
+    # new building blocks and roads everywhere; the left strip holds a block and a road
+    "lpem4": {
+        "folder": "lpem4_sar2opt_urban",
+        "optical": "t2.png",
+        "sar": "t1.png",
+        "train": [(0, 495, 0, 170)],
+    },
+    # flood along the river; the top strip holds the upper reaches
+    "gloucester2": {
+        "folder": "gloucester2_img17_flood",
+        "optical": "t1.png",
+        "sar": "t2.png",
+        "train": [(0, 250, 0, 554)],
+    },
+}
+
+# ablation variants: name -> (model config, overrides)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "siam_r18": ("siam_r18", {}),
+    "m2cd_r18": ("m2cd_r18", {}),
+    "m2cd_r18_o2sp": ("m2cd_r18", {"o2sp.enabled": True}),
+    "siam_mit_b0": ("siam_mit_b0", {}),
+    "m2cd_mit_b0": ("m2cd_mit_b0", {}),
+    "m2cd_mit_b0_o2sp": ("m2cd_mit_b0", {"o2sp.enabled": True}),
+}
+
+
+def train_mask(shape: tuple[int, int], windows: list[tuple[int, int, int, int]]) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    for r0, r1, c0, c1 in windows:
+        mask[r0:r1, c0:c1] = True
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare
+
+
+def prepare(data: Path, cache: Path) -> None:
+    from pipeline.config import DetectConfig
+    from pipeline.training.data import _read_label_raw, decode_label, label_encoding, read_pair
+
+    cache.mkdir(parents=True, exist_ok=True)
+    cfg = DetectConfig()
+    for name, s in SCENES.items():
+        folder = data / s["folder"]
+        opt, sar, valid = read_pair(str(folder / s["optical"]), str(folder / s["sar"]), cfg, None)
+        raw, nodata = _read_label_raw(str(folder / "gt.png"), None)
+        values = {int(v) for v in np.unique(raw)}
+        label = decode_label(raw, label_encoding(values, str(folder / "gt.png")), nodata)
+        label[~valid] = IGNORE
+        np.savez_compressed(
+            cache / f"{name}.npz",
+            optical=opt,
+            sar=sar,
+            label=label,
+            train=train_mask(label.shape, s["train"]),
+        )
+        meta = {
+            "scene": name,
+            **s,
+            "source": str(folder),
+            "shape": list(label.shape),
+            "change_fraction": float((label == 1).mean()),
+            "invalid": int((~valid).sum()),
+        }
+        (cache / f"{name}.json").write_text(json.dumps(meta, indent=2))
+        print(json.dumps(meta))
+
+
+def load_cached(cache: Path, name: str) -> dict[str, np.ndarray]:
+    with np.load(cache / f"{name}.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def split_stats(arr: dict[str, np.ndarray]) -> dict[str, Any]:
+    lab, tr = arr["label"], arr["train"]
+    return {
+        "train_px": int((tr & (lab != IGNORE)).sum()),
+        "train_change": float((lab[tr] == 1).mean()),
+        "test_px": int((~tr & (lab != IGNORE)).sum()),
+        "test_change": float((lab[~tr] == 1).mean()),
+    }
+
+
+def test_metrics(pred: np.ndarray, arr: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Score a full-scene 0/1 prediction on the test pixels (everything outside the strip)."""
+    from pipeline.training.evaluate import evaluate_arrays
+
+    label = np.where(arr["train"], IGNORE, arr["label"]).astype(np.uint8)
+    m = evaluate_arrays(pred.astype(np.uint8), label)
+    return {k: m[k] for k in ("precision", "recall", "f1", "iou", "oa", "kappa", "pixels")}
+
+
+# ---------------------------------------------------------------------------------------------
+# baselines
+
+
+def run_baselines(cache: Path, out: Path) -> None:
+    from pipeline.training import baselines
+
+    with open(out, "a") as f:
+        for name in SCENES:
+            arr = load_cached(cache, name)
+            valid = arr["label"] != IGNORE
+            for b in ("sar_threshold", "log_difference"):
+                model = baselines.fit(b, arr["optical"], arr["sar"], arr["label"], arr["train"])
+                pred = baselines.predict(model, arr["optical"], arr["sar"], valid)
+                rec = {
+                    "kind": "baseline",
+                    "scene": name,
+                    "variant": b,
+                    "seed": 0,
+                    "fit": model.to_dict(),
+                    **split_stats(arr),
+                    **test_metrics(pred, arr),
+                }
+                f.write(json.dumps(rec) + "\n")
+                print(json.dumps(rec))
+
+
+# ---------------------------------------------------------------------------------------------
+# fine-tuning
+
+
+def areas_of(arr: dict[str, np.ndarray], windows: list[tuple[int, int, int, int]], name: str):
+    return [
+        LabelledArea(
+            np.ascontiguousarray(arr["optical"][:, r0:r1, c0:c1]),
+            np.ascontiguousarray(arr["sar"][:, r0:r1, c0:c1]),
+            np.ascontiguousarray(arr["label"][r0:r1, c0:c1]),
+            f"{name}[{r0}:{r1},{c0}:{c1}]",
+        )
+        for r0, r1, c0, c1 in windows
+    ]
+
+
+def predict_scene(
+    model: Any, arr: dict[str, np.ndarray], device: Any, amp: Any, tta: bool = False
+) -> np.ndarray:
+    """Whole-scene 0/1 mask: change probability ≥ 0.5."""
+    return (predict_probability(model, arr, device, amp, tta) >= 0.5).astype(np.uint8)
+
+
+def fit_threshold(prob: np.ndarray, arr: dict[str, np.ndarray]) -> float:
+    """The threshold with the best change F1 on the *training strip* (never the test part)."""
+    from pipeline.training.evaluate import fit_threshold as fit
+
+    return fit(prob, np.where(arr["train"], arr["label"], IGNORE).astype(np.uint8))[0]
+
+
+def predict_probability(
+    model: Any, arr: dict[str, np.ndarray], device: Any, amp: Any, tta: bool = False
+) -> np.ndarray:
+    """Whole-scene forward (the scenes are < 0.6 Mpx) -> change probability H×W float32.
+
+    `tta`: average the change probability over the 8 flips/rotations of the pair (each mapped
+    back before averaging): the same model, no fitting, so no selection on the test part.
+    """
+    import torch
+
+    from pipeline.engine.predict import DIHEDRAL, change_probability
+    from pipeline.io.normalize import match_channels
+
+    opt = torch.from_numpy(match_channels(arr["optical"], model.config.bands.optical_channels))
+    sar = torch.from_numpy(match_channels(arr["sar"], model.config.bands.sar_channels))
+    views = DIHEDRAL if tta else DIHEDRAL[:1]
+    prob = change_probability(
+        model, opt[None].contiguous().to(device), sar[None].contiguous().to(device), views, amp
+    )
+    return prob[0].cpu().numpy().astype(np.float32)
+
+
+def run_finetune(
+    cache: Path,
+    out: Path,
+    recipe: str,
+    scenes: list[str],
+    variants: list[str],
+    seeds: list[int],
+    steps: int | None,
+    workdir: Path,
+    data_root: str,
+    sets: dict[str, Any] | None = None,
+    tag: str = "",
+    with_tta: bool = False,
+) -> None:
+    import m2cd
+    from pipeline.engine.device import autocast_dtype, resolve_device
+    from pipeline.training.config import load_train_config
+    from pipeline.training.trainer import train
+
+    for name in scenes:
+        arr = load_cached(cache, name)
+        s = SCENES[name]
+        train_areas = areas_of(arr, s["train"], name)
+        for variant in variants:
+            model_name, overrides = VARIANTS[variant]
+            for seed in seeds:
+                folder = f"{data_root}/{s['folder']}"
+                over: dict[str, Any] = {
+                    "seed": seed,
+                    "progress": False,
+                    "data.scenes": [
+                        {
+                            "optical": f"{folder}/{s['optical']}",
+                            "sar": f"{folder}/{s['sar']}",
+                            "label": f"{folder}/gt.png",
+                            "train": [{"window": list(w)} for w in s["train"]],
+                        }
+                    ],
+                }
+                cfg = load_train_config(recipe, {**over, **(sets or {})})
+                stage = cfg.stages[-1].model_copy(
+                    update={
+                        "model": model_name,
+                        "model_overrides": overrides,
+                        **({"steps": steps} if steps else {}),
+                    }
+                )
+                cfg = cfg.model_copy(update={"stages": [stage]})
+                run_dir = workdir / name / f"{variant}{tag}" / f"seed{seed}"
+                t0 = time.time()
+                result = train(cfg, run_dir, areas=(train_areas, []), resume=True)
+                seconds = time.time() - t0
+                device = resolve_device(cfg.device)
+                model = m2cd.load_checkpoint(result.best, map_location=device)
+                amp = autocast_dtype(device, cfg.precision)
+                for tta in (False, True) if with_tta else (False,):
+                    prob = predict_probability(model, arr, device, amp, tta=tta)
+                    fitted = fit_threshold(prob, arr)
+                    for suffix, threshold in (("", 0.5), ("_cal", fitted)):
+                        pred = (prob >= threshold).astype(np.uint8)
+                        rec = {
+                            "kind": "finetune",
+                            "scene": name,
+                            "variant": variant + tag + ("_tta" if tta else "") + suffix,
+                            "seed": seed,
+                            "overrides": sets or {},
+                            "steps": stage.steps,
+                            "recipe": recipe,
+                            "threshold": threshold,
+                            "train_seconds": round(seconds, 1),
+                            "device": str(device),
+                            **split_stats(arr),
+                            **test_metrics(pred, arr),
+                        }
+                        with open(out, "a") as f:
+                            f.write(json.dumps(rec) + "\n")
+                        print(json.dumps(rec), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# table
+
+
+def table(paths: list[Path]) -> str:
+    """Markdown: per scene and variant, change-class F1 and IoU as mean ± std over seeds."""
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for p in paths:
+        for line in Path(p).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows.setdefault((r["scene"], r["variant"]), []).append(r)
+    out = [
+        "| scene | method | seeds | change F1 | change IoU | precision | recall |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def fmt(vals: list[float]) -> str:
+        return f"{np.mean(vals):.3f}" + (f" ± {np.std(vals):.3f}" if len(vals) > 1 else "")
+
+    for scene in SCENES:
+        for (sc, variant), rs in sorted(rows.items()):
+            if sc != scene:
+                continue
+            out.append(
+                f"| {scene} | {variant} | {len(rs)} | {fmt([r['f1'] for r in rs])} | "
+                f"{fmt([r['iou'] for r in rs])} | {fmt([r['precision'] for r in rs])} | "
+                f"{fmt([r['recall'] for r in rs])} |"
+            )
+    return "\n".join(out)
+
+
+app = typer.Typer(
+    help=__doc__.split("\n\n")[0],
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command("prepare")
+def prepare_command(
+    data: Path = typer.Option(Path("../shared/data/real")),
+    cache: Path = typer.Option(Path("runs/real/cache")),
+) -> None:
+    """Normalise every scene once (the later steps need only numpy + torch)."""
+    prepare(data, cache)
+
+
+@app.command("baselines")
+def baselines_command(
+    cache: Path = typer.Option(Path("runs/real/cache")),
+    out: Path = typer.Option(Path("runs/real/baselines.jsonl")),
+) -> None:
+    """Score the untrained baselines on every scene's test part."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run_baselines(cache, out)
+
+
+@app.command("finetune")
+def finetune_command(
+    cache: Path = typer.Option(Path("runs/real/cache")),
+    out: Path = typer.Option(Path("runs/real/finetune.jsonl")),
+    workdir: Path = typer.Option(Path("runs/real/train")),
+    recipe: str = typer.Option("configs/train/finetune.yaml"),
+    scenes: str = typer.Option(",".join(SCENES)),
+    variants: str = typer.Option("siam_r18,m2cd_r18,m2cd_r18_o2sp"),
+    seeds: str = typer.Option("0,1,2"),
+    steps: int | None = typer.Option(None, help="override the recipe's step budget"),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        metavar="KEY=YAML",
+        help="recipe override, e.g. data.min_change_fraction=0 (repeatable)",
+    ),
+    tag: str = typer.Option("", help="suffix of the variant name in the results"),
+    tta: bool = typer.Option(
+        False, help="also score the same weights with 8-view flip/rotation averaging (+ _tta)"
+    ),
+    data_root: str = typer.Option("../shared/data/real", help="recorded in the config only"),
+) -> None:
+    """Fine-tune each variant on each scene's training strip and score the rest."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run_finetune(
+        cache,
+        out,
+        recipe,
+        scenes.split(","),
+        variants.split(","),
+        [int(v) for v in seeds.split(",")],
+        steps,
+        workdir,
+        data_root,
+        parse_overrides(set_),
+        tag,
+        tta,
+    )
+
+
+@app.command("table")
+def table_command(results: list[Path] = typer.Argument(..., help="JSONL result files.")) -> None:
+    """The EVALUATION.md table of the given result files."""
+    print(table(results))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one step; the exit code of the command."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Run one block of a plan: its tiles through the model, its core into the store, then its marker.
+
+A block is done exactly when its marker exists (written last, atomically), which is what makes
+`run_block` idempotent and a killed run resumable without recomputing a finished block.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from pipeline.engine import blend, pair
+from pipeline.engine.device import resolve_device
+from pipeline.engine.models import load_model
+from pipeline.engine.output_grid import pixel_area_km2
+from pipeline.engine.plan import RunPlan
+from pipeline.engine.predict import Predictor
+from pipeline.engine.read_ahead import read_ahead_depth
+from pipeline.engine.tiling import BlockSpec
+from pipeline.io import storage
+from pipeline.products.zarr_store import write_region
+
+
+class BlockResult(BaseModel):
+    """One block's counts (`resumed`: it was already done and nothing ran)."""
+
+    block_id: int
+    name: str
+    tiles_run: int
+    tiles_skipped: int
+    valid_px: int
+    changed_px: int
+    changed_km2: float | None
+    seconds: float
+    resumed: bool = False
+
+
+def block_marker(plan: RunPlan, block: BlockSpec) -> dict[str, Any] | None:
+    """The recorded result of a finished block, or None while it is not done."""
+    return storage.read_json(plan.marker_uri(block), missing_ok=True)
+
+
+def run_block(
+    plan: RunPlan, block_id: int, on_tiles: Callable[[int], None] | None = None
+) -> BlockResult:
+    """Run every tile of one block, write its core into the store, then mark it done.
+
+    Idempotent: a block already marked done returns its recorded result at once (`resumed`).
+    """
+    block = plan.blocks[block_id]
+    if (done := block_marker(plan, block)) is not None:
+        return BlockResult(**{**done, "resumed": True})
+    start = time.perf_counter()
+    inf = plan.config.inference
+    device = resolve_device(inf.device, "inference.device")
+    model = load_model(plan.model, device)
+    bands = getattr(getattr(model, "config", None), "bands", None)
+    reader = pair.pair_reader(
+        plan,
+        getattr(bands, "optical_channels", None),
+        getattr(bands, "sar_channels", None),
+    )
+    predictor = Predictor(
+        model, inf.batch_size, device, inf.precision, inf.channels_last, tta=inf.tta
+    )
+    out = blend.predict_block(
+        plan.tile_grid,
+        block.core,
+        reader,
+        predictor,
+        inf.batch_size,
+        threshold=plan.config.products.threshold,
+        min_valid_fraction=plan.config.tiling.min_valid_fraction,
+        prefetch=read_ahead_depth(
+            inf.prefetch, device, storage.is_remote(plan.optical) or storage.is_remote(plan.sar)
+        ),
+        on_batch=on_tiles,
+    )
+    if on_tiles is not None and out.tiles_skipped:
+        on_tiles(out.tiles_skipped)
+    write_region(
+        storage.zarr_store(plan.store_uri), block.y0, block.x0, out.probability, out.mask, out.valid
+    )
+    areas = pixel_area_km2(plan.grid, range(block.y0, block.y1))
+    changed_km2 = None
+    if areas is not None:
+        changed_km2 = float(((out.mask == 1).sum(axis=1) * areas).sum())
+    result = BlockResult(
+        block_id=block.id,
+        name=block.name,
+        tiles_run=out.tiles_run,
+        tiles_skipped=out.tiles_skipped,
+        valid_px=out.valid_px,
+        changed_px=out.changed_px,
+        changed_km2=changed_km2,
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    # where and how it ran: CPU bits depend on the intra-op thread count (see local.run_pool)
+    extra = {"pid": os.getpid(), "device": str(device), "torch_threads": torch.get_num_threads()}
+    storage.write_json(plan.marker_uri(block), {**result.model_dump(exclude={"resumed"}), **extra})
+    return result
+
+
+def pending_blocks(plan: RunPlan) -> list[int]:
+    """Ids of the blocks not yet marked done (one listing of the marker prefix)."""
+    fs = storage.fs_for(plan.staging)
+    prefix = storage.join(plan.staging, "blocks")
+    try:
+        names = {os.path.basename(p) for p in fs.ls(prefix, detail=False)}
+    except FileNotFoundError:
+        names = set()
+    return [b.id for b in plan.blocks if f"{b.name}.json" not in names]

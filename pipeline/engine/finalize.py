@@ -1,0 +1,159 @@
+"""Finalize a run: products from the complete store, published into OUT, `OUT/run.json` last.
+
+Until `run.json` names the run, OUT holds no half-published run of it: a crash anywhere here leaves
+a staging run that finalizes again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from pipeline.engine.block import BlockResult, block_marker, pending_blocks
+from pipeline.engine.output_grid import crs_label
+from pipeline.engine.plan import MANIFEST, STAGING_DIR, STORE, RunPlan, read_manifest
+from pipeline.errors import InputError, M2CDError, OutputExistsError
+from pipeline.io import storage
+from pipeline.products import ProductMetadata, write_products
+
+
+class RunIncompleteError(M2CDError):
+    """finalize_run was called before every block was marked done."""
+
+
+class RunSummary(BaseModel):
+    """What a finished run produced (also `OUT/run.json`, minus `already_finished`)."""
+
+    run_key: str
+    out: str
+    shape: tuple[int, int]
+    crs: str | None
+    tiles: int
+    tiles_run: int
+    tiles_skipped: int
+    blocks: int
+    blocks_resumed: int
+    mpx: float
+    seconds: float
+    valid_px: int
+    changed_px: int
+    changed_km2: float | None
+    model_digest: str
+    config_hash: str
+    products: dict[str, str]
+    already_finished: bool = False
+
+
+def _product_metadata(plan: RunPlan) -> ProductMetadata:
+    return ProductMetadata(
+        crs=plan.grid.crs_wkt,
+        transform=plan.grid.transform,
+        shape=(plan.grid.height, plan.grid.width),
+        optical_uri=plan.optical,
+        sar_uri=plan.sar,
+        optical_bands=plan.config.optical.bands,
+        model_digest=plan.model.digest,
+        model_name=plan.model.name or os.path.basename((plan.model.checkpoint or "").rstrip("/")),
+        config_hash=plan.config_hash,
+        run_key=plan.run_key,
+        resampling=plan.resampling,
+        created=plan.created,
+    )
+
+
+def _publish(plan: RunPlan, names: list[str]) -> dict[str, str]:
+    """Move finished products from staging into OUT (replacing older ones only with overwrite)."""
+    uris = {}
+    for name in names:
+        src, dst = storage.join(plan.staging, name), storage.join(plan.out, name)
+        if storage.exists(dst):
+            storage.remove(dst, recursive=True)
+        storage.move(src, dst)
+        uris[name] = dst
+    return uris
+
+
+def summary_from_manifest(manifest: dict[str, Any]) -> RunSummary:
+    """The summary a finished run recorded in `OUT/run.json` (marked `already_finished`)."""
+    return RunSummary(**{**manifest["summary"], "already_finished": True})
+
+
+def finalize_run(
+    plan: RunPlan, seconds: float | None = None, blocks_resumed: int = 0
+) -> RunSummary:
+    """Write the products from the complete store and publish them; `OUT/run.json` last.
+
+    A finished run (same key in `OUT/run.json`) returns its summary untouched.
+    Raises RunIncompleteError naming the missing blocks when some are not done.
+    """
+    manifest = read_manifest(plan.out)
+    if manifest is not None and manifest.get("run_key") == plan.run_key:
+        return summary_from_manifest(manifest)
+    missing = pending_blocks(plan)
+    if missing:
+        listed = ", ".join(plan.blocks[i].name for i in missing[:5])
+        raise RunIncompleteError(
+            f"{plan.staging}: {len(missing)} of {len(plan.blocks)} block(s) not done ({listed}...)"
+        )
+    results = [BlockResult(**(block_marker(plan, b) or {})) for b in plan.blocks]
+    if not any(r.valid_px for r in results):  # empty products would read as "no change"
+        storage.remove(plan.staging, recursive=True)
+        raise InputError(
+            f"{plan.optical} and {plan.sar}",
+            "no valid pixel in the overlap: every pixel is nodata (or zero fill / NaN) in one "
+            "scene or the other; check the scenes' nodata values and footprints",
+        )
+    start = time.perf_counter()
+    written = write_products(
+        plan.store_uri, plan.staging, _product_metadata(plan), plan.config.products
+    )
+    # the store last: until it moves, a crash here leaves a staging run that finalizes again
+    names = [os.path.basename(u.rstrip("/")) for u in written.values()] + [STORE]
+    if manifest is not None and not plan.overwrite:  # another run finished meanwhile
+        raise OutputExistsError(f"{plan.out}: holds products of run {manifest.get('run_key')}")
+    uris = _publish(plan, names)
+    km2 = [r.changed_km2 for r in results]
+    block_seconds = sum(r.seconds for r in results)
+    summary = RunSummary(
+        run_key=plan.run_key,
+        out=plan.out,
+        shape=(plan.grid.height, plan.grid.width),
+        crs=crs_label(plan.grid.crs_wkt) if plan.grid.crs_wkt else None,
+        tiles=plan.tiles,
+        tiles_run=sum(r.tiles_run for r in results),
+        tiles_skipped=sum(r.tiles_skipped for r in results),
+        blocks=len(plan.blocks),
+        blocks_resumed=blocks_resumed,
+        mpx=round(plan.grid.height * plan.grid.width / 1e6, 4),
+        seconds=round(
+            seconds if seconds is not None else block_seconds + time.perf_counter() - start, 3
+        ),
+        valid_px=sum(r.valid_px for r in results),
+        changed_px=sum(r.changed_px for r in results),
+        changed_km2=(
+            None if any(v is None for v in km2) else round(sum(v for v in km2 if v is not None), 6)
+        ),
+        model_digest=plan.model.digest,
+        config_hash=plan.config_hash,
+        products=uris,
+    )
+    storage.write_json(
+        storage.join(plan.out, MANIFEST),
+        {
+            "format": "m2cd-run/1",
+            "run_key": plan.run_key,
+            "created": plan.created.isoformat(),
+            "finished": datetime.now(UTC).isoformat(),
+            "summary": summary.model_dump(mode="json"),
+            "plan": plan.model_dump(mode="json", exclude={"blocks"}),
+        },
+    )
+    storage.remove(plan.staging, recursive=True)
+    parent = storage.join(plan.out, STAGING_DIR)
+    if not storage.is_remote(parent) and os.path.isdir(parent) and not os.listdir(parent):
+        os.rmdir(parent)
+    return summary

@@ -1,0 +1,106 @@
+"""The aligned optical/SAR pair of a run, opened once per process, and the reader blocks use.
+
+Opening a pair reads both headers and samples SAR windows to decide its units (`pipeline.io.scene`),
+so each process keeps the pairs of its last two runs: plan_run hands its pair over (`remember`), a
+worker opens it on its first block with the units the plan recorded (no sampling) and every later
+block of the run reuses it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.config import DetectConfig
+from pipeline.engine.models import ModelRef
+from pipeline.geometry import PixelBox
+from pipeline.io.bands import model_channels, resolve_bands
+from pipeline.io.grid import AlignedPair, align_pair
+from pipeline.io.normalize import match_channels, normalize_optical, normalize_sar, valid_mask
+from pipeline.io.scene import open_scene
+
+if TYPE_CHECKING:  # plan imports this module
+    from pipeline.engine.plan import RunPlan
+
+_PAIRS_KEPT = 2  # a worker rarely alternates between more runs; each pair holds open datasets
+_pairs: OrderedDict[str, AlignedPair] = OrderedDict()
+_pairs_lock = threading.Lock()  # block threads of one run ask for the pair at the same time
+
+# Reads normalised inputs for a (possibly out-of-scene) box:
+# (optical C×h×w float32, sar C×h×w float32, valid h×w bool; valid is False outside the scene).
+PairReader = Callable[[PixelBox], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def open_pair(optical: str, sar: str, cfg: DetectConfig) -> AlignedPair:
+    """Both scenes opened (headers only) and the SAR put on the optical grid."""
+    return align_pair(open_scene(optical, "optical", cfg), open_scene(sar, "sar", cfg), cfg)
+
+
+def for_model(
+    cfg: DetectConfig, pair: AlignedPair, ref: ModelRef
+) -> tuple[DetectConfig, AlignedPair]:
+    """The config with the bands the model takes (`pipeline.io.bands`) and the pair opened with
+    them: the same pair when the bands did not change, else reopened once."""
+    opt_ch, sar_ch = model_channels(ref.checkpoint, ref.name)
+    resolved = resolve_bands(
+        cfg, (pair.optical.uri, pair.optical.count), (pair.sar.uri, pair.sar.count), opt_ch, sar_ch
+    )
+    if resolved is cfg:
+        return cfg, pair
+    return resolved, open_pair(pair.optical.uri, pair.sar.uri, resolved)
+
+
+def remember(run_key: str, pair: AlignedPair) -> None:
+    """Keep the pair a plan opened, so a run in the same process does not open it again."""
+    with _pairs_lock:
+        _pairs[run_key] = pair
+        _pairs.move_to_end(run_key)
+        while len(_pairs) > _PAIRS_KEPT:
+            _pairs.popitem(last=False)
+
+
+def pair_for(plan: RunPlan) -> AlignedPair:
+    """The aligned pair of a plan, opened once per process (headers only)."""
+    with _pairs_lock:
+        pair = _pairs.get(plan.run_key)
+    if pair is None:
+        cfg = plan.config
+        if plan.sar_units is not None:  # the plan's units: no SAR windows sampled again
+            cfg = cfg.model_copy(
+                update={"sar": cfg.sar.model_copy(update={"units": plan.sar_units})}
+            )
+        pair = open_pair(plan.optical, plan.sar, cfg)
+        remember(plan.run_key, pair)
+    return pair
+
+
+def pair_reader(
+    plan: RunPlan, optical_channels: int | None, sar_channels: int | None
+) -> PairReader:
+    """A PairReader over the plan's pair: raw windows → normalised arrays + valid mask."""
+    pair = pair_for(plan)
+    cfg = plan.config
+    scene = PixelBox.full((plan.grid.height, plan.grid.width))
+    opt, sar = pair.optical, pair.sar
+
+    def read(box: PixelBox) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        o_raw, s_raw = opt.read_window(box), sar.read_window(box)
+        valid = valid_mask(o_raw, s_raw, opt.nodata, sar.nodata)
+        inside = box.intersect(scene)  # padding is never valid, whatever its value
+        in_scene = np.zeros_like(valid)
+        if inside is not None:
+            in_scene[inside.relative_to(box).slices] = True
+        valid &= in_scene
+        o = normalize_optical(o_raw, cfg.optical, opt.dtype, valid)
+        s = normalize_sar(s_raw, cfg.sar, sar.units, sar.dtype, valid)
+        if optical_channels:
+            o = match_channels(o, optical_channels)
+        if sar_channels:
+            s = match_channels(s, sar_channels)
+        return o, s, valid
+
+    return read

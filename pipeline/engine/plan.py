@@ -1,0 +1,224 @@
+"""Plan a detection run: open the inputs (headers), fix the grid, model and run key, stage the store.
+
+Everything a run writes goes under a staging prefix `OUT/.m2cd/<run_key>/` (the Zarr store, one
+completion marker per block, the products); finalize moves the products into `OUT` only when every
+block is marked done, and writes `OUT/run.json` last. The run key hashes the inputs, the model
+digest and the config, so a rerun of the same run picks up the finished blocks and a finished run
+is a no-op. Flows call exactly `plan_run`, `block.run_block` and `finalize.finalize_run`; the CLI
+calls `local.detect`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.config import DetectConfig
+from pipeline.engine import pair as pairs
+from pipeline.engine.models import ModelRef, describe_model
+from pipeline.engine.output_grid import GridSpec, crs_label
+from pipeline.engine.request import DetectRequest
+from pipeline.engine.tiling import BlockSpec, TileGrid, plan_blocks
+from pipeline.errors import OutputExistsError
+from pipeline.io import storage
+from pipeline.io.normalize import SarUnits
+from pipeline.io.paths import require_bucket, resolve_output
+from pipeline.products import PRODUCT_FILES
+from pipeline.products.zarr_store import create_store
+
+STAGING_DIR = ".m2cd"
+MANIFEST = "run.json"
+STORE = "change.zarr"
+# what an earlier run may have left in OUT (the overwrite guard); the product list is
+# pipeline.products' own
+PRODUCT_NAMES = (STORE, *PRODUCT_FILES.values())
+
+
+class RunPlan(BaseModel):
+    """Everything a worker needs to run any block (small: blocks, not tiles; JSON-serialisable)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_key: str
+    created: datetime
+    out: str
+    staging: str
+    optical: str
+    sar: str
+    grid: GridSpec
+    resampling: str | None
+    # decided once here (sampling SAR windows) and reused by every worker that reopens the pair
+    sar_units: SarUnits | None = None
+    config: DetectConfig
+    config_hash: str
+    model: ModelRef
+    tiles: int
+    tile_runs: int
+    blocks: list[BlockSpec]
+    finished: bool = False
+    overwrite: bool = False
+
+    @property
+    def tile_grid(self) -> TileGrid:
+        """The global tile grid (rebuilt from the config, so a plan never carries tiles)."""
+        t = self.config.tiling
+        return TileGrid(
+            height=self.grid.height, width=self.grid.width, tile=t.tile, overlap=t.overlap
+        )
+
+    @property
+    def store_uri(self) -> str:
+        """The staging Zarr store every block writes into."""
+        return storage.join(self.staging, STORE)
+
+    def marker_uri(self, block: BlockSpec) -> str:
+        """The completion marker of a block: its presence is what makes a block done (resume)."""
+        return storage.join(self.staging, "blocks", f"{block.name}.json")
+
+    def describe(self) -> str:
+        """The plan as users see it before the run starts."""
+        g, t = self.grid, self.config.tiling
+        mpx = g.height * g.width / 1e6
+        overhead = self.tile_grid.overlap_overhead()
+        return (
+            f"plan {self.run_key}: {g.height}×{g.width} px ({mpx:.2f} Mpx), "
+            f"{'CRS ' + crs_label(g.crs_wkt) if g.crs_wkt else 'no CRS'}\n"
+            f"  tiles {self.tiles} ({t.tile}px, overlap {t.overlap}, {overhead:.2f}× pixels through "
+            f"the model), {len(self.blocks)} block(s) of {t.block}px, {self.tile_runs} tile runs "
+            f"with block halos\n  model {self.model.name or self.model.checkpoint} "
+            f"({self.model.digest[:19]}), output {self.out}"
+        )
+
+
+def config_hash(cfg: DetectConfig) -> str:
+    """SHA-256 of the canonical config JSON (everything that shapes the products)."""
+    text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _fingerprint(uri: str) -> dict[str, Any]:
+    """Identity of an input file: URI, size and modification stamp (ETag on S3)."""
+    if not storage.is_remote(uri):
+        st = os.stat(uri.removeprefix("file://"))
+        return {"uri": os.path.abspath(uri), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    info = storage.fs_for(uri).info(uri)
+    stamp = info.get("ETag") or info.get("LastModified") or info.get("mtime")
+    return {"uri": uri, "size": info.get("size"), "stamp": str(stamp)}
+
+
+def run_key(optical: str, sar: str, model_digest: str, cfg_hash: str) -> str:
+    """16 hex digits naming a run: same inputs (by size and stamp), model and config, same key,
+    so a rerun resumes instead of starting over."""
+    payload = json.dumps(
+        [_fingerprint(optical), _fingerprint(sar), model_digest, cfg_hash], sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _affine6(transform: Any) -> tuple[float, float, float, float, float, float]:
+    """The six rasterio-order affine coefficients as plain floats (JSON in the plan)."""
+    a, b, c, d, e, f = (float(v) for v in tuple(transform)[:6])
+    return (a, b, c, d, e, f)
+
+
+def read_manifest(out: str) -> dict[str, Any] | None:
+    """`OUT/run.json` of the run that last published into `out`, or None."""
+    return storage.read_json(storage.join(out, MANIFEST), missing_ok=True)
+
+
+def _existing_products(out: str) -> list[str]:
+    return [name for name in PRODUCT_NAMES if storage.exists(storage.join(out, name))]
+
+
+def plan_run(request: DetectRequest) -> RunPlan:
+    """Open the inputs (headers), fix the grid, model and run key, and prepare the staging store.
+
+    Returns a plan with `finished=True` when `OUT` already holds this very run (nothing to do).
+    Raises OutputExistsError when `OUT` holds products of another run and overwrite is off.
+    """
+    out = resolve_output(request.out)  # before anything is opened or written
+    require_bucket(out)
+    pair = pairs.open_pair(request.optical, request.sar, request.config)
+    ref = describe_model(request.checkpoint, request.model)
+    cfg, pair = pairs.for_model(request.config, pair, ref)  # the bands the model takes
+    chash = config_hash(cfg)
+    key = run_key(request.optical, request.sar, ref.digest, chash)
+    pairs.remember(key, pair)
+    out = out.rstrip("/") if storage.is_remote(out) else out
+    staging = storage.join(out, STAGING_DIR, key)
+
+    manifest = read_manifest(out)
+    finished = manifest is not None and manifest.get("run_key") == key
+    if not finished and not request.overwrite:
+        if manifest is not None:
+            raise OutputExistsError(
+                f"{out}: holds the products of another run ({manifest.get('run_key')}); "
+                "pass --overwrite to replace them"
+            )
+        own = storage.exists(storage.join(staging, "plan.json"))  # our own interrupted publish
+        if (existing := _existing_products(out)) and not own:
+            raise OutputExistsError(
+                f"{out}: {', '.join(existing)} already exist(s); pass --overwrite to replace"
+            )
+
+    grid_info = pair.grid
+    h, w = grid_info.shape
+    grid = GridSpec(
+        crs_wkt=grid_info.crs.to_wkt() if grid_info.crs is not None else None,
+        transform=_affine6(grid_info.transform),
+        height=h,
+        width=w,
+    )
+    tgrid = TileGrid(height=h, width=w, tile=cfg.tiling.tile, overlap=cfg.tiling.overlap)
+    blocks = plan_blocks(tgrid, cfg.tiling.block)
+    previous = storage.read_json(storage.join(staging, "plan.json"), missing_ok=True)
+    created = (
+        datetime.fromisoformat(previous["created"])
+        if previous
+        else datetime.now(UTC).replace(microsecond=0)
+    )
+    plan = RunPlan(
+        run_key=key,
+        created=created,
+        out=out,
+        staging=staging,
+        optical=request.optical,
+        sar=request.sar,
+        grid=grid,
+        resampling=pair.resampling,
+        sar_units=pair.sar.units,
+        config=cfg,
+        config_hash=chash,
+        model=ref,
+        tiles=tgrid.count,
+        tile_runs=sum(b.tiles for b in blocks),
+        blocks=blocks,
+        finished=finished,
+        overwrite=request.overwrite,
+    )
+    if not finished:
+        _prepare_staging(plan)
+    return plan
+
+
+def _prepare_staging(plan: RunPlan) -> None:
+    """Create the store once per run key (a marker says it is complete), then save the plan."""
+    created = storage.join(plan.staging, "store.json")
+    if not storage.exists(created):
+        storage.makedirs(plan.staging)
+        create_store(
+            storage.zarr_store(plan.store_uri),
+            (plan.grid.height, plan.grid.width),
+            plan.config.tiling.block,
+            plan.grid.crs_wkt,
+            plan.grid.transform,
+            attrs={"m2cd:run_key": plan.run_key, "m2cd:model_digest": plan.model.digest},
+        )
+        storage.write_json(created, {"run_key": plan.run_key})
+    storage.makedirs(storage.join(plan.staging, "blocks"))
+    storage.write_json(storage.join(plan.staging, "plan.json"), plan.model_dump(mode="json"))

@@ -1,0 +1,86 @@
+"""`m2cd bench pipeline|memory --json` run end to end on toy sizes (the figures are in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def _bench_json(capsys, args: list[str]) -> dict:
+    from flows.cli import main
+
+    assert main(["bench", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_bench_pipeline_reports_efficiency_on_the_same_tiles(capsys):
+    r = _bench_json(
+        capsys,
+        [
+            "pipeline",
+            "--model",
+            "tiny",
+            "--size",
+            "160",
+            "--tile",
+            "64",
+            "--overlap",
+            "16",
+            "--block",
+            "256",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert r["tiles"] == 9 and r["tile_runs"] == 9  # one block: no halo re-runs
+    assert r["forward_tiles_per_s"] > 0 and r["detect_tiles_per_s"] > 0
+    # one repeat: the detect against the mean of the forward passes either side of it
+    assert r["efficiency_per_repeat"] == [r["efficiency"]]
+    assert r["efficiency"] == pytest.approx(
+        r["detect_tiles_per_s"] / r["forward_tiles_per_s"], rel=1e-2
+    )
+
+
+@pytest.mark.slow
+def test_bench_memory_measures_each_scene_in_its_own_process(capsys):
+    r = _bench_json(
+        capsys,
+        [
+            "memory",
+            "--small",
+            "128",
+            "--large",
+            "256",
+            "--tile",
+            "64",
+            "--overlap",
+            "16",
+            "--block",
+            "128",
+        ],
+    )
+    small, large = r["small"], r["large"]
+    assert small["blocks"] == 1 and large["blocks"] == 4
+    assert large["tiles"] > small["tiles"]
+    assert 100 < small["peak_rss_mib"] < 8000 and 100 < large["peak_rss_mib"] < 8000
+    assert r["rss_ratio"] == pytest.approx(large["peak_rss_mib"] / small["peak_rss_mib"], rel=1e-3)
+    assert r["full_scene_accumulator_gib"] == pytest.approx(256 * 256 * 12 / 2**30, rel=1e-3)
+
+
+def test_bench_model_prints_one_json_object(capsys):
+    from flows.cli import main
+
+    args = ["bench", "model", "--model", "tiny", "--batch", "1", "--size", "64"]
+    assert main([*args, "--repeats", "1", "--warmup", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == "tiny" and result["batch"] == 1
+    # model FLOPs (official sparse order) > executed for tiny: the folded decoder skips more
+    # than the dense MoE adds; both orders compute the same logits
+    assert result["model_flops_per_pair"] > result["executed_flops_per_pair"] > 0
+    assert result["reference_max_abs_diff"] < 1e-4
+    for label in ("fp32", "bf16"):
+        assert result[label]["pairs_per_s"] > 0 and result["peak_gflops"][label] > 0
+    assert result["peak_fraction"] == result["fp32"]["model_peak_fraction"]
+    assert main(["bench", "model", "--model", "no_such_model"]) == 2
