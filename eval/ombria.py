@@ -132,8 +132,8 @@ def predict_areas(
 ) -> list[np.ndarray]:
     """Change probability of every chip through the engine's forward (``Predictor``)."""
     import m2cd
-    from pipeline.inference import Predictor
-    from pipeline.normalize import match_channels
+    from pipeline.engine.predict import Predictor
+    from pipeline.io.normalize import match_channels
 
     model = m2cd.load_checkpoint(checkpoint)
     bands = model.config.bands

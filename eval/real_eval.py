@@ -93,14 +93,14 @@ def train_mask(shape: tuple[int, int], windows: list[tuple[int, int, int, int]])
 
 def prepare(data: Path, cache: Path) -> None:
     from pipeline.config import DetectConfig
-    from pipeline.training.data import _read_label_raw, decode_label, label_encoding, read_pair
+    from pipeline.training.data import decode_label, label_encoding, read_label_raw, read_pair
 
     cache.mkdir(parents=True, exist_ok=True)
     cfg = DetectConfig()
     for name, s in SCENES.items():
         folder = data / s["folder"]
         opt, sar, valid = read_pair(str(folder / s["optical"]), str(folder / s["sar"]), cfg, None)
-        raw, nodata = _read_label_raw(str(folder / "gt.png"), None)
+        raw, nodata = read_label_raw(str(folder / "gt.png"), None)
         values = {int(v) for v in np.unique(raw)}
         label = decode_label(raw, label_encoding(values, str(folder / "gt.png")), nodata)
         label[~valid] = IGNORE

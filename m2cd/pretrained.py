@@ -31,4 +31,3 @@ def shipped_checkpoint(name: str = DEFAULT_MODEL) -> Path:
             f"{path}: no shipped model {name!r} (shipped: {', '.join(shipped_models()) or 'none'})"
         )
     return path
-

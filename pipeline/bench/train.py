@@ -2,7 +2,7 @@
 
 A training step is forward + backward + optimiser step in train mode (noisy MoE gating, O2SP
 branch when the config has it, auxiliary losses), at the precision the trainer picks for this
-device (``pipeline.training.trainer.resolve_precision``). Backward costs about twice the forward,
+device (``pipeline.engine.device.autocast_dtype``). Backward costs about twice the forward,
 so a step at 1/3 of the eval throughput is the ideal; the goal is ``ratio`` ≥ 0.3.
 
 Inputs are random tensors: the MoE dispatch has a fixed shape, so the cost does not depend on
@@ -49,10 +49,10 @@ def run(
 ) -> dict[str, Any]:
     """Median seconds of one training step and of one eval forward of the same batch."""
     import m2cd
-    from pipeline.training.trainer import resolve_device, resolve_precision
+    from pipeline.engine.device import autocast_dtype, resolve_device
 
     dev = resolve_device(device)
-    amp = resolve_precision(dev, precision)
+    amp = autocast_dtype(dev, precision)
     model = m2cd.build_model(model_name, **(overrides or {})).to(dev)
     bands = model.config.bands
     gen = torch.Generator().manual_seed(0)

@@ -14,8 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from m2cd.config import CONFIG_ROOT
-from m2cd.config import ConfigSection as _Section
+from m2cd.config import CONFIG_ROOT, ConfigSection
 from pipeline.config import DetectConfig, load_validated
 from pipeline.errors import ConfigError
 
@@ -37,7 +36,7 @@ def parse_window(text: str) -> tuple[int, int, int, int]:
     return r0, r1, c0, c1
 
 
-class Area(_Section):
+class Area(ConfigSection):
     """A labelled area: a pixel window (rows/cols, end exclusive) or geographic bounds in the
     scene CRS (left, bottom, right, top), converted to pixels with the optical scene's transform."""
 
@@ -62,7 +61,7 @@ class Area(_Section):
         return self
 
 
-class SceneSource(_Section):
+class SceneSource(ConfigSection):
     """A scene triple (optical, SAR, label rasters; local or s3://) with its train/val areas."""
 
     optical: str
@@ -72,7 +71,7 @@ class SceneSource(_Section):
     val: list[Area] = Field(default_factory=list)
 
 
-class FolderSource(_Section):
+class FolderSource(ConfigSection):
     """Tiles in the CAU-Flood layouts: {split}/{A,B,label}/*.png or {split}/{opt,vv,flood_vv}/*.png."""
 
     root: str
@@ -80,7 +79,7 @@ class FolderSource(_Section):
     val_split: str | None = Field(default="val", description="None: no validation set.")
 
 
-class ChipSource(_Section):
+class ChipSource(ConfigSection):
     """Chip datasets as published: three parallel folders of co-registered chips matched by id.
 
     Each path is a template under ``root`` with ``{split}`` and ``{id}`` (the id is whatever the
@@ -97,7 +96,9 @@ class ChipSource(_Section):
     sar: str = "OmbriaS1/{split}/AFTER/S1_after_{id}.png"
     label: str = "OmbriaS1/{split}/MASK/S1_mask_{id}.png"
     train_split: str = "train"
-    val_fraction: float = Field(default=0.15, ge=0, lt=1, description="Share of train ids held out.")
+    val_fraction: float = Field(
+        default=0.15, ge=0, lt=1, description="Share of train ids held out."
+    )
     val_seed: int = 0
 
     @field_validator("optical", "sar", "label")
@@ -108,7 +109,7 @@ class ChipSource(_Section):
         return v
 
 
-class DataConfig(_Section):
+class DataConfig(ConfigSection):
     scenes: list[SceneSource] = Field(default_factory=list)
     folders: FolderSource | None = None
     chips: ChipSource | None = None
@@ -132,7 +133,7 @@ class DataConfig(_Section):
         return self
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(ConfigSection):
     """Joint geometry on all three arrays; photometric shifts on optical only; SAR-specific on SAR.
 
     Amplitudes are in normalised units for optical (the model input) and in dB for SAR.
@@ -164,7 +165,7 @@ class AugmentConfig(_Section):
     p: float = Field(default=0.8, ge=0, le=1, description="Probability of each photometric op.")
 
 
-class OptimConfig(_Section):
+class OptimConfig(ConfigSection):
     """Spec §8.2: AdamW, head lr ×10, no decay on norms / pos_block, warm-up then poly."""
 
     lr: float = Field(default=1e-4, gt=0)
@@ -181,7 +182,7 @@ class OptimConfig(_Section):
     clip_grad_norm: float | None = Field(default=None, gt=0)
 
 
-class LossConfig(_Section):
+class LossConfig(ConfigSection):
     """Segmentation loss: CE (optionally class-weighted) + Dice on the change class."""
 
     ce_weight: float = Field(default=1.0, ge=0)
@@ -192,7 +193,7 @@ class LossConfig(_Section):
     aux_weight: float = Field(default=1.0, ge=0, description="Scale on the model's aux losses.")
 
 
-class StageConfig(_Section):
+class StageConfig(ConfigSection):
     """One training stage: a model (named config + overrides) and a step budget."""
 
     name: str = Field(default="main", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -205,7 +206,7 @@ class StageConfig(_Section):
     )
 
 
-class TrainConfig(_Section):
+class TrainConfig(ConfigSection):
     """Everything that shapes a training run."""
 
     seed: int = 0

@@ -14,7 +14,7 @@ ignore as well.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -171,7 +171,7 @@ def read_pair(
     return opt, sar, np.asarray(valid, bool)
 
 
-def _read_label_raw(
+def read_label_raw(
     uri: str, window: tuple[int, int, int, int] | None
 ) -> tuple[np.ndarray, float | None]:
     """One label band of a window inside the raster (and its nodata), via ``pipeline.storage``."""
@@ -197,7 +197,7 @@ def _read_label_raw(
     return bands[0], (None if nodata is None else float(nodata))
 
 
-def _assemble(opt, sar, valid, label, name: str) -> LabelledArea:
+def assemble(opt, sar, valid, label, name: str) -> LabelledArea:
     label = label.copy()
     label[~valid] = IGNORE
     return LabelledArea(
@@ -215,12 +215,12 @@ def load_scene_areas(
     """Read every train or val area of a scene triple into memory."""
     areas = src.train if split == "train" else src.val
     windows = [area_window(a, src.optical, cfg) for a in areas]
-    raws = [_read_label_raw(src.label, w) for w in windows]
+    raws = [read_label_raw(src.label, w) for w in windows]
     if encoding == "auto":
         all_windows = [area_window(a, src.optical, cfg) for a in (*src.train, *src.val)]
         values: set[int] = set()
         for w in all_windows:
-            raw, nodata = _read_label_raw(src.label, w)
+            raw, nodata = read_label_raw(src.label, w)
             values |= {int(v) for v in np.unique(raw) if nodata is None or v != nodata}
         enc = label_encoding(values, src.label)
     else:
@@ -229,7 +229,7 @@ def load_scene_areas(
     for w, (raw, nodata) in zip(windows, raws, strict=True):
         opt, sar, valid = read_pair(src.optical, src.sar, cfg, w, channels)
         label = decode_label(raw, enc, nodata)
-        out.append(_assemble(opt, sar, valid, label, f"{src.label}[{w[0]}:{w[1]},{w[2]}:{w[3]}]"))
+        out.append(assemble(opt, sar, valid, label, f"{src.label}[{w[0]}:{w[1]},{w[2]}:{w[3]}]"))
     return out
 
 
@@ -270,7 +270,7 @@ def load_folder_areas(
 ) -> list[LabelledArea]:
     """Read every tile of one split (each tile is one labelled area)."""
     triples = folder_triples(root, split)
-    raws = [_read_label_raw(str(lab), None) for _, _, lab in triples]
+    raws = [read_label_raw(str(lab), None) for _, _, lab in triples]
     if encoding == "auto":
         values: set[int] = set()
         for raw, nodata in raws:
@@ -285,7 +285,7 @@ def load_folder_areas(
             raise InputError(
                 str(lab_p), f"label shape {raw.shape} differs from the images' {valid.shape}"
             )
-        out.append(_assemble(opt, sar, valid, decode_label(raw, enc, nodata), lab_p.stem))
+        out.append(assemble(opt, sar, valid, decode_label(raw, enc, nodata), lab_p.stem))
     return out
 
 
@@ -336,7 +336,7 @@ def load_chip_triples(
     source: str = "chips",
 ) -> list[LabelledArea]:
     """Read chips with the inference reader; the label encoding is decided once for all of them."""
-    raws = [_read_label_raw(str(lab), None) for _, _, _, lab in triples]
+    raws = [read_label_raw(str(lab), None) for _, _, _, lab in triples]
     if encoding == "auto":
         values: set[int] = set()
         for raw, nodata in raws:
@@ -351,7 +351,7 @@ def load_chip_triples(
             raise InputError(
                 str(lab_p), f"label shape {raw.shape} differs from the images' {valid.shape}"
             )
-        out.append(_assemble(opt, sar, valid, decode_label(raw, enc, nodata), chip_id))
+        out.append(assemble(opt, sar, valid, decode_label(raw, enc, nodata), chip_id))
     return out
 
 
@@ -397,94 +397,3 @@ def _folder_splits(src: FolderSource, cfg: DetectConfig, channels: Channels | No
             "risk that brings) or null"
         )
     return train, load_folder_areas(src.root, src.val_split, cfg, channels=channels)
-
-
-# ---------------------------------------------------------------------------------------------
-# chips
-
-
-def _pad_to(area: LabelledArea, tile: int) -> LabelledArea:
-    """Areas smaller than a chip are padded with ignore (zeros in the inputs)."""
-    h, w = area.shape
-    ph, pw = max(tile - h, 0), max(tile - w, 0)
-    if not ph and not pw:
-        return area
-    pad3 = ((0, 0), (0, ph), (0, pw))
-    return LabelledArea(
-        np.pad(area.optical, pad3),
-        np.pad(area.sar, pad3),
-        np.pad(area.label, ((0, ph), (0, pw)), constant_values=IGNORE),
-        area.name,
-    )
-
-
-class ChipSampler:
-    """Random chips from labelled areas, drawn with a caller-owned generator (exact resume).
-
-    Areas are picked in proportion to their labelled pixels. With ``change_fraction`` > 0 that share
-    of chips is centred on a random changed pixel, which helps when change is a few % of an area.
-    """
-
-    def __init__(self, areas: list[LabelledArea], tile: int, change_fraction: float = 0.0):
-        if not areas:
-            raise ConfigError("no training areas: give at least one train window or tile")
-        self.tile = tile
-        self.areas = [_pad_to(a, tile) for a in areas]
-        counts = np.array([(a.label != IGNORE).sum() for a in self.areas], dtype=np.float64)
-        if counts.sum() == 0:
-            raise InputError(
-                areas[0].name or "training data", "every training pixel is ignore/nodata"
-            )
-        self.weights = counts / counts.sum()
-        self.change_fraction = change_fraction
-        self.changed = [np.flatnonzero(a.label.ravel() == 1) for a in self.areas]
-
-    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One chip: optical C×T×T, SAR C×T×T, label T×T."""
-        i = int(rng.choice(len(self.areas), p=self.weights))
-        area, t = self.areas[i], self.tile
-        h, w = area.shape
-        if (
-            self.change_fraction > 0
-            and self.changed[i].size
-            and rng.random() < self.change_fraction
-        ):
-            flat = int(self.changed[i][rng.integers(self.changed[i].size)])
-            cy, cx = divmod(flat, w)
-            y0 = int(np.clip(cy - t // 2 + rng.integers(-t // 4, t // 4 + 1), 0, h - t))
-            x0 = int(np.clip(cx - t // 2 + rng.integers(-t // 4, t // 4 + 1), 0, w - t))
-        else:
-            y0 = int(rng.integers(0, h - t + 1))
-            x0 = int(rng.integers(0, w - t + 1))
-        sl = (slice(y0, y0 + t), slice(x0, x0 + t))
-        return area.optical[(slice(None), *sl)], area.sar[(slice(None), *sl)], area.label[sl]
-
-
-def iter_val_tiles(
-    areas: list[LabelledArea], tile: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Non-overlapping tiles covering every validation area (edges padded with ignore)."""
-    for area in areas:
-        h, w = area.shape
-        for y0 in range(0, h, tile):
-            for x0 in range(0, w, tile):
-                y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-                sub = LabelledArea(
-                    area.optical[:, y0:y1, x0:x1],
-                    area.sar[:, y0:y1, x0:x1],
-                    area.label[y0:y1, x0:x1],
-                    area.name,
-                )
-                sub = _pad_to(sub, tile)
-                yield sub.optical, sub.sar, sub.label
-
-
-def class_weights(areas: list[LabelledArea]) -> tuple[float, float]:
-    """Inverse-sqrt-frequency CE weights (unchanged, changed), normalised to mean 1."""
-    counts = np.zeros(2)
-    for a in areas:
-        counts += np.bincount(a.label[a.label != IGNORE].ravel(), minlength=2)[:2]
-    freq = np.maximum(counts / max(counts.sum(), 1), 1e-3)
-    w = 1 / np.sqrt(freq)
-    w = w / w.mean()
-    return float(w[0]), float(w[1])

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.training.data import IGNORE, _read_label_raw, decode_label, label_encoding
+from pipeline.training.data import IGNORE, decode_label, label_encoding, read_label_raw
 
 
 def evaluate_arrays(pred: np.ndarray, label: np.ndarray) -> dict[str, Any]:
@@ -50,14 +50,14 @@ def fit_threshold(prob: np.ndarray, label: np.ndarray) -> tuple[float, dict[floa
 
 
 def _decoded(uri: str, window: tuple[int, int, int, int] | None) -> np.ndarray:
-    raw, nodata = _read_label_raw(uri, window)
+    raw, nodata = read_label_raw(uri, window)
     values = {int(v) for v in np.unique(raw) if nodata is None or v != nodata}
     return decode_label(raw, label_encoding(values, uri), nodata)
 
 
 def read_probability(uri: str, window: tuple[int, int, int, int] | None) -> np.ndarray:
     """A change-probability raster (e.g. change_prob.tif) as float32, its nodata as NaN."""
-    raw, nodata = _read_label_raw(uri, window)
+    raw, nodata = read_label_raw(uri, window)
     prob = raw.astype(np.float32)
     if nodata is not None and not np.isnan(nodata):
         prob[raw == nodata] = np.nan

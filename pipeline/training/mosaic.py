@@ -22,7 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from pipeline.config import SarConfig
 from pipeline.errors import InputError
-from pipeline.normalize import sar_to_db
+from pipeline.io.normalize import sar_to_db
 from pipeline.training.data import ChipTriple, decode_label, label_encoding
 
 

@@ -35,15 +35,9 @@ from pipeline.engine.device import autocast_dtype, resolve_device
 from pipeline.errors import ConfigError, InputError
 from pipeline.training.augment import augment
 from pipeline.training.config import StageConfig, TrainConfig
-from pipeline.training.data import (
-    IGNORE,
-    ChipSampler,
-    LabelledArea,
-    class_weights,
-    iter_val_tiles,
-    load_areas,
-)
+from pipeline.training.data import IGNORE, LabelledArea, load_areas
 from pipeline.training.optim import build_optimizer, set_lr
+from pipeline.training.sampling import ChipSampler, class_weights, iter_val_tiles
 from pipeline.training.state import has_state, load_state, save_state
 from pipeline.training.teacher import EMATeacher, attach_teacher
 

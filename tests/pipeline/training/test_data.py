@@ -22,13 +22,13 @@ from pipeline.training.augment import (
 from pipeline.training.config import AugmentConfig, SceneSource
 from pipeline.training.data import (
     IGNORE,
-    ChipSampler,
     LabelledArea,
     decode_label,
     label_encoding,
     load_folder_areas,
     load_scene_areas,
 )
+from pipeline.training.sampling import ChipSampler
 
 CFG = DetectConfig()
 

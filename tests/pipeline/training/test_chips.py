@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipeline.config import DetectConfig
 from pipeline.errors import InputError
-from pipeline.normalize import sar_to_db
+from pipeline.io.normalize import sar_to_db
 from pipeline.training.config import ChipSource, load_train_config
 from pipeline.training.data import (
     IGNORE,
@@ -20,7 +20,7 @@ from pipeline.training.data import (
     split_ids,
 )
 
-OMBRIA = Path(__file__).resolve().parents[2] / ".." / "shared/data/real/ombria_s2pre_s1post_flood"
+OMBRIA = Path(__file__).resolve().parents[3] / ".." / "shared/data/real/ombria_s2pre_s1post_flood"
 needs_ombria = pytest.mark.skipif(not OMBRIA.is_dir(), reason="shared OMBRIA data not present")
 
 
