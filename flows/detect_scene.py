@@ -29,21 +29,41 @@ MAX_RESUBMITS = 2  # extra submissions of a block whose worker was lost
 
 
 def resolve_model(model: str, registry: str | None = None) -> str:
-    """'promoted' or a registry digest → the registry's checkpoint URI; a path/URI stays as is."""
+    """The checkpoint URI a run uses.
+
+    'promoted' → the registry's promoted model, or the shipped default model
+    (``m2cd.pretrained``) while nothing is promoted, so a fresh install maps something real;
+    a registry digest → its checkpoint; a shipped model's name (or 'default') → its directory;
+    a path/URI stays as is.
+    """
+    from m2cd.pretrained import DEFAULT_MODEL, shipped_checkpoint, shipped_models
     from pipeline.registry import PROMOTED, Registry, registry_root
 
+    if model == "default" or model in shipped_models():
+        return str(shipped_checkpoint(DEFAULT_MODEL if model == "default" else model))
     if model == PROMOTED or model.startswith("sha256:"):
         reg = Registry(registry_root(registry))
         digest = model
         if model == PROMOTED:
             promotion = reg.promoted()
             if promotion is None:
-                from pipeline.errors import InputError
-
-                raise InputError(f"{reg.root}/promoted.json", "no model has been promoted yet")
+                _log_info(f"no model promoted in {reg.root} yet: using the shipped {DEFAULT_MODEL}")
+                return str(shipped_checkpoint())
             digest = promotion.digest
         return reg.get(digest).uri
     return model
+
+
+def _log_info(message: str) -> None:
+    """Log to the flow run when there is one (also callable outside a flow)."""
+    import logging
+
+    from prefect.exceptions import MissingContextError
+
+    try:
+        get_run_logger().info(message)
+    except MissingContextError:
+        logging.getLogger(__name__).info(message)
 
 
 @task(name="plan", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, **MANIFEST)

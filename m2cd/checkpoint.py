@@ -42,9 +42,17 @@ def checkpoint_digest(path: str | Path) -> str:
 
 
 def save_checkpoint(
-    model: nn.Module, path: str | Path, provenance: dict[str, Any] | None = None
+    model: nn.Module,
+    path: str | Path,
+    provenance: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> str:
-    """Write the checkpoint (files replaced atomically, weights first) and return its digest."""
+    """Write the checkpoint (files replaced atomically, weights first) and return its digest.
+
+    ``dtype`` (e.g. torch.float16) stores the floating-point tensors at that precision: half the
+    bytes for a shipped model (the MiT-b0 M²CD is 28 MB in fp32, 14 MB in fp16); loading casts
+    them back into the fp32 model.
+    """
     from safetensors.torch import save_file
 
     config = getattr(model, "config", None)
@@ -53,6 +61,8 @@ def save_checkpoint(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     tmp_w = path / f".{WEIGHTS}.{os.getpid()}.tmp"
     save_file(state, str(tmp_w))
     digest = _sha256(tmp_w)
@@ -74,6 +84,17 @@ def save_checkpoint(
     os.replace(tmp_w, path / WEIGHTS)
     os.replace(tmp_m, path / META)
     return digest
+
+
+def update_provenance(path: str | Path, fields: dict[str, Any]) -> None:
+    """Add ``fields`` to a checkpoint's provenance (e.g. a threshold fitted after training); the
+    weights and so the digest are untouched. The JSON is replaced atomically."""
+    path = Path(path)
+    meta = read_checkpoint_meta(path)
+    meta["provenance"] = {**meta.get("provenance", {}), **fields}
+    tmp = path / f".{META}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp, path / META)
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:

@@ -136,7 +136,12 @@ class InferenceConfig(ConfigSection):
 class ProductConfig(ConfigSection):
     """Which products are written and how."""
 
-    threshold: float = Field(default=0.5, gt=0, lt=1)
+    threshold: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Change threshold; None: the checkpoint's fitted threshold, else 0.5.",
+    )
     min_mapping_unit_px: int = Field(default=0, ge=0, description="Smaller polygons are dropped.")
     cog_blocksize: int = Field(
         default=512, ge=64, le=4096, multiple_of=16, description="COG tile size (GeoTIFF: ×16)."

@@ -68,13 +68,15 @@ def run_block(
     predictor = Predictor(
         model, inf.batch_size, device, inf.precision, inf.channels_last, tta=inf.tta
     )
+    threshold = plan.config.products.threshold
+    assert threshold is not None, "DetectRequest resolves the threshold before a plan exists"
     out = blend.predict_block(
         plan.tile_grid,
         block.core,
         reader,
         predictor,
         inf.batch_size,
-        threshold=plan.config.products.threshold,
+        threshold=threshold,
         min_valid_fraction=plan.config.tiling.min_valid_fraction,
         prefetch=read_ahead_depth(
             inf.prefetch, device, storage.is_remote(plan.optical) or storage.is_remote(plan.sar)

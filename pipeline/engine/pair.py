@@ -18,7 +18,12 @@ import numpy as np
 from pipeline.config import DetectConfig
 from pipeline.engine.models import ModelRef
 from pipeline.geometry import PixelBox
-from pipeline.io.bands import model_channels, resolve_bands
+from pipeline.io.bands import (
+    check_trained_bands,
+    model_channels,
+    resolve_bands,
+    trained_band_counts,
+)
 from pipeline.io.grid import AlignedPair, align_pair
 from pipeline.io.normalize import match_channels, normalize_optical, normalize_sar, valid_mask
 from pipeline.io.scene import open_scene
@@ -48,6 +53,12 @@ def for_model(
     opt_ch, sar_ch = model_channels(ref.checkpoint, ref.name)
     resolved = resolve_bands(
         cfg, (pair.optical.uri, pair.optical.count), (pair.sar.uri, pair.sar.count), opt_ch, sar_ch
+    )
+    check_trained_bands(
+        resolved,
+        (pair.optical.uri, pair.optical.count),
+        (pair.sar.uri, pair.sar.count),
+        trained_band_counts(ref.checkpoint),
     )
     if resolved is cfg:
         return cfg, pair

@@ -91,7 +91,9 @@ class RunPlan(BaseModel):
             f"  tiles {self.tiles} ({t.tile}px, overlap {t.overlap}, {overhead:.2f}× pixels through "
             f"the model), {len(self.blocks)} block(s) of {t.block}px, {self.tile_runs} tile runs "
             f"with block halos\n  model {self.model.name or self.model.checkpoint} "
-            f"({self.model.digest[:19]}), output {self.out}"
+            f"({self.model.digest[:19]}), threshold {self.config.products.threshold}, "
+            f"output {self.out}\n  SAR units {self.sar_units or self.config.sar.units}"
+            f"{' (auto: decided from the data; set sar.units to override)' if self.config.sar.units == 'auto' else ''}"
         )
 
 

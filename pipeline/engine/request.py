@@ -10,8 +10,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from m2cd.pretrained import shipped_checkpoint
 from pipeline.config import DetectConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError
+from pipeline.io import storage
+
+DEFAULT_THRESHOLD = 0.5
 
 
 class DetectRequest(BaseModel):
@@ -27,11 +31,39 @@ class DetectRequest(BaseModel):
     config: DetectConfig = DetectConfig()
     overwrite: bool = False
 
-    @model_validator(mode="after")
-    def _one_model(self) -> DetectRequest:
-        if (self.checkpoint is None) == (self.model is None):
-            raise ValueError("give exactly one of checkpoint (a path) or model (a config name)")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _model_defaults(cls, data: Any) -> Any:
+        """No model named: the shipped default (``m2cd.pretrained``), so a first map means
+        something. No threshold set: the one fitted on the checkpoint's validation data."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("checkpoint") is not None and data.get("model") is not None:
+            raise ValueError("give at most one of checkpoint (a path) or model (a config name)")
+        if data.get("checkpoint") is None and data.get("model") is None:
+            data["checkpoint"] = str(shipped_checkpoint())
+        cfg = data.get("config")
+        cfg = DetectConfig.model_validate(cfg if cfg is not None else {})
+        if cfg.products.threshold is None:
+            threshold = checkpoint_threshold(data.get("checkpoint"))
+            products = cfg.products.model_copy(update={"threshold": threshold})
+            cfg = cfg.model_copy(update={"products": products})
+        data["config"] = cfg
+        return data
+
+
+def checkpoint_threshold(checkpoint: str | None) -> float:
+    """The decision threshold a checkpoint records (fitted on its validation data), else 0.5."""
+    if checkpoint is None:
+        return DEFAULT_THRESHOLD
+    meta_uri = checkpoint.rstrip("/") + "/checkpoint.json"
+    try:
+        meta = storage.read_json(meta_uri)
+    except (InputError, OSError, ValueError):
+        return DEFAULT_THRESHOLD  # the plan reports an unreadable checkpoint with its own error
+    value = (meta.get("provenance") or {}).get("threshold") if isinstance(meta, dict) else None
+    return float(value) if isinstance(value, int | float) and 0 < value < 1 else DEFAULT_THRESHOLD
 
 
 def validate_request(**kwargs: Any) -> DetectRequest:

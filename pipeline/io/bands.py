@@ -108,3 +108,53 @@ def model_channels(checkpoint: str | None = None, name: str | None = None) -> tu
         assert name is not None, "a named config when no checkpoint is given"
         bands = load_model_config(name).bands
     return bands.optical_channels, bands.sar_channels
+
+
+def trained_band_counts(checkpoint: str | None) -> tuple[int | None, int | None]:
+    """(optical, SAR) band counts a checkpoint was trained on (its provenance ``inputs``), or
+    None where it does not record them (older checkpoints, named untrained models)."""
+    if checkpoint is None:
+        return None, None
+    from pipeline.io import storage
+
+    try:
+        meta = storage.read_json(checkpoint.rstrip("/") + "/checkpoint.json")
+    except (InputError, OSError):
+        return None, None
+    inputs = (meta.get("provenance") or {}).get("inputs") or {} if isinstance(meta, dict) else {}
+
+    def count(v: object) -> int | None:
+        if isinstance(v, list):
+            return len(v)
+        return v if isinstance(v, int) else None
+
+    return count(inputs.get("optical_bands")), count(inputs.get("sar_bands"))
+
+
+def check_trained_bands(
+    cfg: DetectConfig,
+    optical: tuple[str, int],
+    sar: tuple[str, int],
+    trained: tuple[int | None, int | None],
+) -> None:
+    """Refuse inputs whose band count differs from what the model was trained on.
+
+    Channel matching would run them anyway (2 SAR bands become VV, VH, mean for a model trained
+    on VV replicated), and the result is silent nonsense: a 2-band SAR scene through a 1-band
+    model flagged 53 % of a scene as change (F1 0.17) with no word.
+    """
+    for role, (uri, count), wanted, n_trained in (
+        ("optical", optical, cfg.optical.bands, trained[0]),
+        ("sar", sar, cfg.sar.bands, trained[1]),
+    ):
+        if n_trained is None:
+            continue
+        selected = len(wanted) if wanted is not None else reader_default(role, count)  # type: ignore[arg-type]
+        if selected is not None and selected != n_trained:
+            first = ",".join(str(b) for b in range(1, n_trained + 1))
+            raise InputError(
+                uri,
+                f"{selected} {role} band(s) selected but the model was trained on {n_trained}; "
+                f"set {role}.bands=[{first}] (e.g. --set {role}.bands=[{first}]) or use a model "
+                f"trained on {selected}",
+            )
