@@ -35,14 +35,6 @@ log = logging.getLogger(__name__)
 STAGING_DIR = ".m2cd"
 MANIFEST = "run.json"
 STORE = "change.zarr"
-PRODUCT_NAMES = (
-    STORE,
-    "change_prob.tif",
-    "change_mask.tif",
-    "change.geojson",
-    "quicklook.png",
-    "item.json",
-)
 
 
 class RunIncompleteError(M2CDError):
@@ -275,7 +267,10 @@ def _pair_for(plan: RunPlan) -> Any:
 
 
 def _existing_products(out: str) -> list[str]:
-    return [name for name in PRODUCT_NAMES if storage.exists(storage.join(out, name))]
+    from pipeline.products import PRODUCT_FILES  # the one list of product names
+
+    names = PRODUCT_FILES.values()
+    return [name for name in names if storage.exists(storage.join(out, name))]
 
 
 def plan_run(request: DetectRequest) -> RunPlan:

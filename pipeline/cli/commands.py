@@ -5,3 +5,4 @@ Add one line per command module.
 
 # ruff: noqa: F401
 from pipeline.cli import bench, convert, detect, evaluate, synth, train
+from pipeline.viewer import command as view

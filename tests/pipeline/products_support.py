@@ -95,6 +95,22 @@ def write_optical(path: Path, grid: tuple, shape: tuple[int, int] = SHAPE, seed:
     return str(path)
 
 
+def write_sar(path: Path, grid: tuple, shape: tuple[int, int] = SHAPE, seed: int = 3) -> str:
+    """A 1-band float32 σ⁰ (linear power) SAR GeoTIFF on the grid, darker (water) where
+    CROSSING changed, so the panel's post image differs from the pre image there."""
+    crs, transform = grid
+    rng = np.random.default_rng(seed)
+    data = rng.gamma(4.0, 0.05 / 4.0, size=shape).astype(np.float32)  # ~ -13 dB land
+    data[CROSSING] *= 0.02  # ~ -30 dB: flooded
+    profile = {"driver": "GTiff", "height": shape[0], "width": shape[1], "count": 1}
+    profile |= {"dtype": "float32", "nodata": 0.0}
+    if crs is not None:
+        profile |= {"crs": CRS.from_wkt(crs), "transform": rasterio.Affine(*transform)}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+    return str(path)
+
+
 def metadata(
     grid: tuple, optical_uri: str, shape: tuple[int, int] = SHAPE, **extra
 ) -> ProductMetadata:

@@ -40,7 +40,7 @@ SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYzEXAMPLEKEY"
 
 
 def _item_dict(tmp_path: Path, grid: tuple, **extra) -> dict:
-    assets = ["zarr", "probability", "mask", "polygons", "quicklook"]
+    assets = dict.fromkeys(["zarr", "probability", "mask", "polygons", "quicklook"])
     item = build_item(metadata(grid, "/data/s2_pre.tif", **extra), assets, SUMMARY)
     return json.loads(write_item(item, tmp_path / "item.json").read_text())
 
