@@ -129,3 +129,32 @@ def metadata(
         "created": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
     }
     return ProductMetadata(**(fields | extra))
+
+
+STAC_SCHEMAS = Path(__file__).parents[1] / "data" / "stac_schemas"
+# Extension schema URL → vendored file (tests/data/stac_schemas/README.md: sources, licence).
+VENDORED_STAC_SCHEMAS = {
+    "https://stac-extensions.github.io/file/v2.1.0/schema.json": "file-v2.1.0.json",
+    "https://stac-extensions.github.io/processing/v1.1.0/schema.json": "processing-v1.1.0.json",
+}
+
+
+def offline_stac_validator():
+    """A pystac validator that reads schemas only from pystac's own copies (core Item, GeoJSON)
+    and tests/data/stac_schemas, and raises on any other URL instead of fetching it."""
+    import json as _json
+
+    from pystac.validation.stac_validator import GetSchemaError, JsonSchemaSTACValidator
+
+    class OfflineValidator(JsonSchemaSTACValidator):
+        def _get_schema(self, schema_uri: str) -> dict:
+            if schema_uri not in self.schema_cache:
+                raise GetSchemaError(schema_uri, RuntimeError("not vendored: no network in tests"))
+            return self.schema_cache[schema_uri]
+
+    validator = OfflineValidator()
+    for url, name in VENDORED_STAC_SCHEMAS.items():
+        schema = _json.loads((STAC_SCHEMAS / name).read_text())
+        validator.schema_cache[url] = schema
+        validator.schema_cache[url + "#"] = schema
+    return validator
