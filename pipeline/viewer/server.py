@@ -95,7 +95,8 @@ def serve(out: Path, host: str, port: int, max_size: int) -> None:
 
     layers = build_layers(out, max_size=max_size)
     httpd = ThreadingHTTPServer((host, port), make_handler(layers))
-    print(f"m2cd view: {out} at http://{httpd.server_address[0]}:{httpd.server_address[1]}/")
+    host, port = httpd.server_address[:2]
+    print(f"m2cd view: {out} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
     try:
         httpd.serve_forever()
     finally:
