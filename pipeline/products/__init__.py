@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import rasterio
+from pyogrio.errors import DataLayerError, DataSourceError
 from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 
@@ -79,7 +80,9 @@ def _workdir(out_prefix: str) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except (RasterioError, CPLE_BaseError) as exc:
+    except (RasterioError, CPLE_BaseError, DataSourceError, DataLayerError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # already says what it is (ENOSPC included)
         if (full := _disk_full_error(tmp, exc)) is None:
             raise
         raise full from exc
@@ -88,8 +91,9 @@ def _workdir(out_prefix: str) -> Iterator[Path]:
 
 
 def _disk_full_error(tmp: Path, exc: Exception) -> OSError | None:
-    """GDAL reports a full disk as a generic write error ("IO error writing tag data"), without
-    errno: an ENOSPC OSError when the scratch filesystem is in fact (nearly) full, else None."""
+    """GDAL (rasterio, pyogrio) and Arrow report a full disk as a generic write error ("IO error
+    writing tag data", "Unexpected I/O failure: seeking to temp feature location"), without errno:
+    an ENOSPC OSError when the scratch filesystem is in fact (nearly) full, else None."""
     st = os.statvfs(tmp)
     if "No space left" not in str(exc) and st.f_bavail * st.f_frsize >= _FULL_BELOW_BYTES:
         return None
