@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv test demo lint format bench clean
+.PHONY: venv browser test demo lint format bench clean
 
 venv: $(STAMP)
 
@@ -19,7 +19,16 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-test: venv
+# Debian's Chromium + chromedriver for the `m2cd view` browser tests (idempotent; skipped, with
+# one line, where it cannot install: not root or no apt-get; the tests then skip with that reason).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "make browser: no chromium and not root with apt-get: browser tests will skip"; fi
+
+test: venv browser
 	$(BIN)/ruff check --quiet .
 	$(BIN)/ruff format --check --quiet .
 	$(BIN)/python -m mypy

@@ -153,6 +153,15 @@ class ProductConfig(ConfigSection):
         description="DEFLATE level of the COGs: 1 writes 1.6× faster than 6 for ~2 % more bytes.",
     )
     quicklook_max_size: int = Field(default=1024, ge=64)
+    quicklook_rgb: list[int] | None = Field(
+        default=None,
+        min_length=3,
+        max_length=3,
+        description=(
+            "1-based red, green, blue bands of the optical scene for the quick-looks (not what the"
+            " model reads); None: from the file's colours or band names, else B02,B03,B04 order."
+        ),
+    )
     wgs84_geojson: bool = Field(
         default=False, description="Also write change_wgs84.geojson (RFC 7946 lon/lat)."
     )

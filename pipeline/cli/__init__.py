@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import bench, convert, detect, evaluate, synth, train
+from pipeline.cli import bench, convert, detect, evaluate, synth, train, view
 
 
 def build_app() -> typer.Typer:
@@ -27,11 +27,13 @@ def build_app() -> typer.Typer:
     app.command("train")(train.train_command)
     app.command("evaluate")(evaluate.evaluate_command)
     app.command("convert-checkpoint")(convert.convert_checkpoint)
+    app.command("view")(view.view_command)
     bench_app = typer.Typer(
         help="Benchmarks (medians, with a baseline measured in the same run).", no_args_is_help=True
     )
     bench_app.command("model")(bench.bench_model)
     bench_app.command("pipeline")(bench.bench_pipeline)
     bench_app.command("memory")(bench.bench_memory)
+    bench_app.command("train")(bench.bench_train)
     app.add_typer(bench_app, name="bench")
     return app

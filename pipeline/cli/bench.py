@@ -70,3 +70,21 @@ def bench_memory(
 
     result = run(small, large, model, tile, overlap, block, batch_size, device, None, cache_dir)
     typer.echo(json.dumps(result) if as_json else format_table(result))
+
+
+def bench_train(
+    model: str = typer.Option("m2cd_mit_b0", "--model", help="Named config in configs/model/."),
+    batch: int = typer.Option(16, "--batch", min=1),
+    size: int = typer.Option(128, "--size", min=32),
+    repeats: int = typer.Option(5, "--repeats", min=1),
+    warmup: int = typer.Option(2, "--warmup", min=0),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]"),
+    o2sp: bool = typer.Option(False, "--o2sp", help="Train with the O2SP branch (stage 2)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Training pairs/s (forward + backward + step) beside eval pairs/s, in the same run."""
+    from pipeline.bench.train import format_table, run
+
+    overrides = {"o2sp.enabled": True} if o2sp else None
+    result = run(model, batch, size, repeats, warmup, device, overrides=overrides)
+    typer.echo(json.dumps(result) if as_json else format_table(result))

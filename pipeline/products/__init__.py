@@ -1,7 +1,8 @@
 """Finished products of a run, derived at finalize from the complete `change.zarr` store.
 
 `write_products` makes one chunk-by-chunk pass over the store that feeds the two COG writers and the
-polygon builder at once, then builds the COGs' overviews, the quicklook and the STAC Item. Everything
+polygon builder at once, then builds the COGs' overviews (copied into the store's `overviews/` group
+too), the quicklooks and the STAC Item. Everything
 is built in a work directory (inside `out_prefix` when it is local, so the final moves are atomic
 renames; a system temp dir for `s3://`, then one upload per file) and published only once complete.
 """
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import rasterio
+from pyogrio.errors import DataLayerError, DataSourceError
 from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 
@@ -26,22 +28,38 @@ from pipeline.config import ProductConfig
 from pipeline.io.storage import bound_gdal_cache, is_remote, join, put_file_atomic
 from pipeline.products.cog import GDAL_ENV, MASK_LAYER, PROBABILITY_LAYER, TiledWriter, to_cog
 from pipeline.products.metadata import ProductMetadata, redact_uri
-from pipeline.products.polygons import GeoJSONWriter, Part, PolygonBuilder
-from pipeline.products.quicklook import write_quicklook
+from pipeline.products.overviews import write_overviews
+from pipeline.products.polygons import Part, PolygonBuilder, PolygonWriter
+from pipeline.products.quicklook import write_quicklooks
 from pipeline.products.source import check_layout, iter_blocks, open_store
 from pipeline.products.stac import ChangeSummary, build_item, write_item
+from pipeline.products.vectors import FlatGeobufSink, GeoJSONSink, GeoParquetSink
 
-__all__ = ["ProductMetadata", "redact_uri", "write_products", "PRODUCT_FILES"]
+__all__ = [
+    "ProductMetadata",
+    "redact_uri",
+    "write_products",
+    "PRODUCT_FILES",
+    "OPTIONAL_PRODUCTS",
+    "STORE_PRODUCT",
+]
 
-# STAC asset key → file name under the output prefix (item.json is the catalogue entry itself).
+# The one list of what a run can leave in OUT: STAC asset key → file name. The engine's overwrite
+# guard checks every name here; `item.json` (the catalogue entry itself) is published last.
 PRODUCT_FILES = {
+    "zarr": "change.zarr",  # written by the engine; write_products adds its overviews
     "probability": "change_prob.tif",
     "mask": "change_mask.tif",
     "polygons": "change.geojson",
+    "polygons_parquet": "change.parquet",
+    "polygons_fgb": "change.fgb",
+    "polygons_wgs84": "change_wgs84.geojson",  # only with products.wgs84_geojson
     "quicklook": "quicklook.png",
+    "quicklook_panel": "quicklook_panel.png",
     "item": "item.json",
 }
-WGS84_GEOJSON = "change_wgs84.geojson"  # optional: ProductConfig.wgs84_geojson
+STORE_PRODUCT = "zarr"
+OPTIONAL_PRODUCTS = frozenset({"polygons_wgs84"})
 _INTERMEDIATE_BLOCK = 512
 log = logging.getLogger(__name__)
 
@@ -62,7 +80,9 @@ def _workdir(out_prefix: str) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except (RasterioError, CPLE_BaseError) as exc:
+    except (RasterioError, CPLE_BaseError, DataSourceError, DataLayerError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # already says what it is (ENOSPC included)
         if (full := _disk_full_error(tmp, exc)) is None:
             raise
         raise full from exc
@@ -71,8 +91,9 @@ def _workdir(out_prefix: str) -> Iterator[Path]:
 
 
 def _disk_full_error(tmp: Path, exc: Exception) -> OSError | None:
-    """GDAL reports a full disk as a generic write error ("IO error writing tag data"), without
-    errno: an ENOSPC OSError when the scratch filesystem is in fact (nearly) full, else None."""
+    """GDAL (rasterio, pyogrio) and Arrow report a full disk as a generic write error ("IO error
+    writing tag data", "Unexpected I/O failure: seeking to temp feature location"), without errno:
+    an ENOSPC OSError when the scratch filesystem is in fact (nearly) full, else None."""
     st = os.statvfs(tmp)
     if "No space left" not in str(exc) and st.f_bavail * st.f_frsize >= _FULL_BELOW_BYTES:
         return None
@@ -91,18 +112,20 @@ def _publish(local: Path, out_prefix: str, name: str) -> str:
 def write_products(
     store_uri: str, out_prefix: str, meta: ProductMetadata, cfg: ProductConfig
 ) -> dict[str, str]:
-    """Write COGs, polygons, quicklook and STAC Item of a finished store; return asset → URI.
+    """Write COGs, polygons, quicklooks and STAC Item of a finished store; return asset → URI.
 
-    Memory is bounded by one Zarr chunk plus GDAL's bounded block cache, whatever the scene size.
+    The store itself (`zarr`) is not in the result: the engine publishes it. Memory is bounded by
+    one Zarr chunk plus GDAL's bounded block cache, whatever the scene size.
     Raises InputError when the store is missing or not on the grid described by `meta`.
     """
     group = open_store(store_uri)
     chunks = check_layout(group, store_uri, meta.shape)
-    files = dict(PRODUCT_FILES)
+    wanted = set(PRODUCT_FILES) - OPTIONAL_PRODUCTS - {STORE_PRODUCT}
     if cfg.wgs84_geojson and meta.crs is None:
         log.warning("%s: no CRS, so no change_wgs84.geojson is written", meta.optical_uri)
     elif cfg.wgs84_geojson:
-        files = {"polygons_wgs84": WGS84_GEOJSON, **files}
+        wanted.add("polygons_wgs84")
+    files = {key: name for key, name in PRODUCT_FILES.items() if key in wanted}
     bound_gdal_cache()  # peak RSS is the same for a 4096² and a 16384² scene
     with _workdir(out_prefix) as tmp, rasterio.Env(**GDAL_ENV):
         prob_tiled, mask_tiled = tmp / "prob.tiled.tif", tmp / "mask.tiled.tif"
@@ -114,11 +137,18 @@ def write_products(
             mask_out = stack.enter_context(
                 TiledWriter(mask_tiled, MASK_LAYER, meta, _INTERMEDIATE_BLOCK)
             )
-            gj = stack.enter_context(GeoJSONWriter(tmp / files["polygons"], meta, mmu))
+            sinks = [
+                GeoJSONSink(tmp / files["polygons"]),
+                GeoParquetSink(tmp / files["polygons_parquet"]),
+                FlatGeobufSink(tmp / files["polygons_fgb"]),
+            ]
+            gj = stack.enter_context(PolygonWriter(sinks, meta, mmu, spool_dir=tmp))
             writers = [gj]
             if "polygons_wgs84" in files:
-                path = tmp / files["polygons_wgs84"]
-                writers.append(stack.enter_context(GeoJSONWriter(path, meta, mmu, wgs84=True)))
+                wgs84 = [GeoJSONSink(tmp / files["polygons_wgs84"])]
+                writers.append(
+                    stack.enter_context(PolygonWriter(wgs84, meta, mmu, wgs84=True, spool_dir=tmp))
+                )
 
             def emit(part: Part) -> None:
                 for writer in writers:
@@ -142,7 +172,11 @@ def write_products(
             mask_tiled, tmp / files["mask"], MASK_LAYER, cfg.cog_blocksize, cfg.cog_deflate_level
         )
         mask_tiled.unlink()
-        write_quicklook(meta, tmp / files["mask"], tmp / files["quicklook"], cfg.quicklook_max_size)
+        cogs = {"probability": tmp / files["probability"], "mask": tmp / files["mask"]}
+        write_overviews(store_uri, cogs, meta.crs, chunks)
+        write_quicklooks(
+            meta, cfg, tmp / files["mask"], tmp / files["quicklook"], tmp / files["quicklook_panel"]
+        )
         summary = ChangeSummary(
             changed_px=gj.changed_px,
             changed_m2=round(gj.changed_m2, 3) if gj.areas.has_area else None,
@@ -150,7 +184,8 @@ def write_products(
             min_mapping_unit_px=mmu,
             threshold=cfg.threshold,
         )
-        assets = ["zarr", *(k for k in files if k != "item")]
+        # the store gets no file: fields: a directory whose chunking (so its size) is the block size
+        assets = {STORE_PRODUCT: None, **{k: tmp / n for k, n in files.items() if k != "item"}}
         write_item(build_item(meta, assets, summary), tmp / files["item"])
         # item.json last (dict order): its presence means every asset it lists is in place.
         return {key: _publish(tmp / name, out_prefix, name) for key, name in files.items()}

@@ -31,15 +31,48 @@ GDAL_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS"}  # the block cache is bounded by sto
 
 @dataclass(frozen=True)
 class Layer:
-    """How one Zarr array becomes one COG."""
+    """How one Zarr array becomes one COG, and how a GIS shows it without a style file."""
 
     dtype: str
     nodata: float
     overview_resampling: str  # GDAL name: AVERAGE / NEAREST
+    description: str  # band description: QGIS's layer panel and `rio info` show it
+    units: str = ""
+    colormap: dict[int, tuple[int, int, int, int]] | None = None  # a palette band (uint8 only)
 
 
-PROBABILITY_LAYER = Layer("float32", float("nan"), "AVERAGE")  # change_prob.tif
-MASK_LAYER = Layer("uint8", 255, "NEAREST")  # change_mask.tif: overviews keep 0/1/255 only
+# Palette of the mask: QGIS and ArcGIS render a paletted band in these colours by default.
+# A TIFF palette holds RGB only (GDAL reads every alpha back as 255); nodata is transparent
+# through the band's nodata value instead.
+MASK_COLORS: dict[int, tuple[int, int, int, int]] = {
+    0: (255, 255, 255, 255),  # no change: white
+    1: (230, 25, 25, 255),  # change: the same red as the quick-look and the map
+    255: (128, 128, 128, 255),  # nodata (also the band's nodata value: shown transparent)
+}
+MASK_CLASSES = {0: "no change", 1: "change", 255: "nodata"}
+
+PROBABILITY_LAYER = Layer(  # change_prob.tif
+    "float32", float("nan"), "AVERAGE", "change probability (0-1; NaN nodata)", units="1"
+)
+MASK_LAYER = Layer(  # change_mask.tif: overviews keep 0/1/255 only
+    "uint8", 255, "NEAREST", "change mask (0 no change, 1 change, 255 nodata)", "", MASK_COLORS
+)
+
+
+def product_tags(meta: ProductMetadata) -> dict[str, str]:
+    """Dataset tags shared by both COGs: acquisition dates (when known) and model provenance.
+
+    Unknown dates are left out rather than written empty: a reader tells "unknown" by absence.
+    The model by its digest only: the same weights give the same COG whether they were named
+    `tiny` or loaded from `s3://.../ckpt`; no run key or config hash either (they change with
+    the block size, and the COGs must not).
+    """
+    tags = {"M2CD_MODEL_DIGEST": meta.model_digest}
+    if meta.optical_datetime is not None:
+        tags["M2CD_OPTICAL_DATETIME"] = meta.optical_datetime.isoformat()
+    if meta.sar_datetime is not None:
+        tags["M2CD_SAR_DATETIME"] = meta.sar_datetime.isoformat()
+    return tags
 
 
 @contextlib.contextmanager
@@ -81,12 +114,21 @@ class TiledWriter:
             **georef_profile(meta),
         }
         self._dtype = np.dtype(layer.dtype)
+        self._layer = layer
+        self._tags = product_tags(meta)
         self._ds: rasterio.io.DatasetWriter | None = None
 
     def __enter__(self) -> TiledWriter:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain images: expected
             self._ds = rasterio.open(self.path, "w", **self._profile)
+        # GDAL's COG driver copies tags, descriptions, units and the palette from this file.
+        self._ds.update_tags(**self._tags)
+        self._ds.set_band_description(1, self._layer.description)
+        if self._layer.units:
+            self._ds.set_band_unit(1, self._layer.units)
+        if self._layer.colormap is not None:
+            self._ds.write_colormap(1, self._layer.colormap)
         return self
 
     def write(self, row_off: int, col_off: int, data: np.ndarray) -> None:

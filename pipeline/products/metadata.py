@@ -46,7 +46,10 @@ class ProductMetadata(BaseModel):
     sar_uri: str
     optical_bands: list[int] | None = Field(
         default=None,
-        description="1-based RGB bands for the quicklook; None: first 3 (or the only one).",
+        description=(
+            "1-based optical bands the model read (provenance: m2cd:optical_bands); None: the"
+            " reader's default. The quick-looks choose their own natural-colour bands."
+        ),
     )
     model_digest: str
     model_name: str

@@ -7,7 +7,7 @@ border are final and are written at once; the others are merged at the end by un
 labels found on both sides of each shared border, with their statistics summed. Memory holds one
 block plus the open parts and border label vectors, never the scene.
 
-Output: GeoJSON in the scene CRS. RFC 7946 only allows WGS84 lon/lat; for other CRSs we keep the
+Output (pipeline.products.vectors): GeoJSON, GeoParquet and FlatGeobuf in the scene CRS. RFC 7946 only allows WGS84 lon/lat; for other CRSs we keep the
 native coordinates (what GIS users expect for analysis) and name the CRS in the legacy 2008 `crs`
 member (`urn:ogc:def:crs:EPSG::<code>`, or the WKT when the CRS has no authority code), which GDAL,
 QGIS and geopandas read. Plain images (no CRS) get pixel coordinates and no `crs` member.
@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -36,6 +36,7 @@ from shapely.geometry import mapping, shape
 from pipeline.errors import ConfigError
 from pipeline.products.metadata import ProductMetadata
 from pipeline.products.source import Block
+from pipeline.products.vectors import BATCH, Feature, Layout, Sink
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 PROB_QUANTUM = 2**32  # probabilities are summed as exact integers of 2⁻³² (int64: 2 Gpx a polygon)
@@ -245,23 +246,26 @@ def canonical(geom_px: shapely.Geometry) -> shapely.Geometry:
     return shapely.normalize(shapely.simplify(geom_px, 0))
 
 
-class GeoJSONWriter:
-    """Writes the FeatureCollection in a canonical order with bounded memory.
+class PolygonWriter:
+    """Writes the features in a canonical order, to every sink, with bounded memory.
 
-    Features are spooled to disk as they come (blocks finish in any order) and written out sorted
-    by their top-left pixel, so the file does not depend on the block size or worker count. Every
+    Features are spooled to disk as they come (blocks finish in any order) and replayed sorted by
+    their top-left pixel to each sink (GeoJSON, GeoParquet, FlatGeobuf: pipeline.products.vectors),
+    so no file depends on the block size or worker count and all hold the same features. Every
     component counts in the totals (`changed_px`, `changed_m2`: the whole change), but only those
     of at least `min_mapping_unit_px` pixels are written as features.
     """
 
     def __init__(
         self,
-        path: Path,
+        sinks: list[Sink],
         meta: ProductMetadata,
         min_mapping_unit_px: int = 0,
         wgs84: bool = False,
+        spool_dir: Path | None = None,
     ):
-        self.path = path
+        self.sinks = sinks
+        self.spool_dir = spool_dir  # beside the outputs: the scratch space finalize checked
         self.areas = AreaModel(meta)
         self.affine = meta.affine
         self.min_mapping_unit_px = min_mapping_unit_px
@@ -269,8 +273,10 @@ class GeoJSONWriter:
         self.changed_px = 0
         self._areas: list[float] = []
         self._index: list[tuple[tuple, int, int]] = []  # (sort key, offset, length) in the spool
+        self._bbox: tuple[float, float, float, float] | None = None
         self._spool: IO[bytes] | None = None
         self._to_wgs84 = wgs84_transformer(meta) if wgs84 else None
+        self._crs_wkt = pyproj.CRS.from_epsg(4326).to_wkt() if wgs84 else meta.crs
         self._crs = None if wgs84 else crs_member(meta)
 
     @property
@@ -278,8 +284,8 @@ class GeoJSONWriter:
         """Total area of the change (exactly rounded sum: independent of the order of blocks)."""
         return math.fsum(self._areas)
 
-    def __enter__(self) -> GeoJSONWriter:
-        self._spool = tempfile.TemporaryFile(dir=self.path.parent)
+    def __enter__(self) -> PolygonWriter:
+        self._spool = tempfile.TemporaryFile(dir=self.spool_dir)
         return self
 
     def feature(self, part: Part) -> dict[str, Any]:
@@ -299,7 +305,7 @@ class GeoJSONWriter:
         return {"type": "Feature", "properties": props, "geometry": mapping(geom)}
 
     def write(self, part: Part) -> None:
-        assert self._spool is not None, "use GeoJSONWriter as a context manager"
+        assert self._spool is not None, "use PolygonWriter as a context manager"
         feat = self.feature(part)
         self.changed_px += part.count
         if "area_m2" in feat["properties"]:
@@ -313,33 +319,41 @@ class GeoJSONWriter:
         key = (miny, minx, maxy, maxx, part.count, hash_bytes(data))
         self._index.append((key, self._spool.tell(), len(data)))
         self._spool.write(data)
+        self._grow_bbox(shapely.bounds(shape(feat["geometry"])).tolist())
         self.count += 1
+
+    def _grow_bbox(self, b: list[float]) -> None:
+        if self._bbox is None:
+            self._bbox = (b[0], b[1], b[2], b[3])
+        else:
+            x0, y0, x1, y1 = self._bbox
+            self._bbox = (min(x0, b[0]), min(y0, b[1]), max(x1, b[2]), max(y1, b[3]))
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if self._spool is None:
             return
         try:
             if exc_type is None:
-                self._write_sorted()
+                layout = Layout(self._crs_wkt, self._crs, self.areas.has_area, self._bbox)
+                order = sorted(self._index)
+                for sink in self.sinks:
+                    sink.write_all(self._batches(order), layout)
         finally:
             self._spool.close()
 
-    def _write_sorted(self) -> None:
+    def _batches(self, order: list[tuple[tuple, int, int]]) -> Iterator[list[Feature]]:
+        """The spooled features in `order`, `BATCH` at a time."""
         assert self._spool is not None
-        head: dict[str, Any] = {"type": "FeatureCollection"}
-        if self._crs is not None:
-            head["crs"] = self._crs
-        with self.path.open("w", encoding="utf-8") as out:
-            out.write(json.dumps(head)[:-1] + ', "features": [')
-            for n, (_, offset, length) in enumerate(sorted(self._index), start=1):
-                self._spool.seek(offset)
-                props, geometry = self._spool.read(length).decode().split("\n", 1)
-                sep = "\n" if n == 1 else ",\n"
-                out.write(
-                    f'{sep}{{"type": "Feature", "id": {n}, "properties": {props}, '
-                    f'"geometry": {geometry}}}'
-                )
-            out.write("\n]}\n")
+        batch: list[Feature] = []
+        for n, (_, offset, length) in enumerate(order, start=1):
+            self._spool.seek(offset)
+            props, geometry = self._spool.read(length).decode().split("\n", 1)
+            batch.append(Feature(n, props, geometry))
+            if len(batch) == BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
 
 def hash_bytes(data: bytes) -> str:

@@ -1,27 +1,47 @@
-"""A small PNG preview: the optical scene in true colour with the change overlaid in red.
+"""PNG previews a responder can read: `quicklook.png` and the `quicklook_panel.png` triptych.
 
-Both inputs are read decimated (rasterio `out_shape`), so GDAL serves them from overviews where they
+`quicklook.png`: the optical scene in natural colour with the change overlaid in red and nodata grey,
+above a legend strip (classes, dates, scale bar). `quicklook_panel.png`: pre (optical) | post (SAR,
+dB grey) | change, side by side above the same strip. Every input is read decimated (rasterio
+`out_shape`, or a WarpedVRT for a SAR scene on another grid), so GDAL serves overviews where they
 exist (always for our mask COG) and never materialises the full scene.
+
+Natural colour is chosen for the eye, not the model (`optical.bands` feeds the model): see
+`rgb_bands` for the rule, and `products.quicklook_rgb` to override it.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from PIL import Image
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
 
+from pipeline.config import ProductConfig, SarConfig
 from pipeline.errors import InputError
+from pipeline.io.normalize import infer_sar_units, sar_to_db
 from pipeline.io.storage import gdal_env, gdal_path
-from pipeline.products.cog import plain_image_ok
+from pipeline.products.cog import MASK_COLORS, plain_image_ok
+from pipeline.products.legend import Legend, draw_legend
 from pipeline.products.metadata import ProductMetadata
 
-NODATA_GREY = np.array([128, 128, 128], dtype=np.float32)
-CHANGE_RED = np.array([255, 0, 0], dtype=np.float32)
+log = logging.getLogger(__name__)
+
+NODATA_GREY = np.array(MASK_COLORS[255][:3], dtype=np.float32)
+CHANGE_RED = np.array(MASK_COLORS[1][:3], dtype=np.float32)
 CHANGE_ALPHA = 0.55
+PANEL_GAP = 4  # white pixels between the panels
+
+# Sentinel-2 band names and STAC `eo` common names → the colour they stand for.
+_COLOUR_WORDS = {"red": "red", "green": "green", "blue": "blue"}
+_S2_COLOURS = {"B2": "blue", "B3": "green", "B4": "red"}
+S2_STACK_RGB = [3, 2, 1]  # B02,B03,B04(,B08): what `m2cd synth` writes and the models read
 
 
 def quicklook_shape(shape: tuple[int, int], max_size: int) -> tuple[int, int]:
@@ -42,17 +62,65 @@ def stretch(band: np.ndarray, valid: np.ndarray, low: float = 2, high: float = 9
     return out
 
 
+def band_colour(description: str | None, tags: dict[str, str]) -> str | None:
+    """'red' / 'green' / 'blue' when a band's description or tags name it, else None.
+
+    Reads Sentinel-2 names (`B04`, `B4`, `S2_B04 red`), STAC common names (`red`) and the
+    `common_name` / `eo:common_name` band tags some writers set.
+    """
+    texts = [description or "", tags.get("common_name", ""), tags.get("eo:common_name", "")]
+    for text in texts:
+        for word in re.findall(r"[A-Za-z]+\d*", text):
+            colour = _COLOUR_WORDS.get(word.lower())
+            s2 = re.fullmatch(r"[Bb]0?(\d{1,2})", word)
+            if colour is None and s2 is not None:
+                colour = _S2_COLOURS.get(f"B{int(s2.group(1))}")
+            if colour is not None:
+                return colour
+    return None
+
+
+def rgb_bands(
+    src: rasterio.DatasetReader, wanted: list[int] | None = None
+) -> tuple[list[int], str]:
+    """1-based (red, green, blue) bands of an optical scene for the eye, and why they were chosen.
+
+    In order: `products.quicklook_rgb`; the file's colour interpretation (an RGB GeoTIFF or PNG);
+    band descriptions / tags naming the colours (Sentinel-2 names or common names); for 3 or more
+    undescribed bands, the Sentinel-2 stack order B02,B03,B04(,B08), so bands 3,2,1; one band as
+    grey.
+    """
+    if wanted is not None:
+        return wanted, "products.quicklook_rgb"
+    interp = {ci: i + 1 for i, ci in enumerate(src.colorinterp)}
+    if all(c in interp for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
+        return [interp[ColorInterp.red], interp[ColorInterp.green], interp[ColorInterp.blue]], (
+            "colour interpretation"
+        )
+    named: dict[str, int] = {}
+    for i in range(1, src.count + 1):
+        colour = band_colour(src.descriptions[i - 1], src.tags(i))
+        if colour is not None:
+            named.setdefault(colour, i)
+    if len(named) == 3:
+        return [named["red"], named["green"], named["blue"]], "band descriptions"
+    if src.count >= 3:
+        return list(S2_STACK_RGB), "Sentinel-2 order B02,B03,B04"
+    return [1], "single band"
+
+
 def read_optical_rgb(
-    meta: ProductMetadata, out_shape: tuple[int, int]
+    meta: ProductMetadata, out_shape: tuple[int, int], wanted: list[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decimated RGB (3×h×w float32, 0..255) and its valid mask from the optical scene."""
+    """Decimated natural-colour RGB (3×h×w float32, 0..255) and its valid mask."""
     uri = meta.optical_uri
     try:
         with gdal_env(uri), rasterio.open(gdal_path(uri)) as src:
-            bands = meta.optical_bands or ([1, 2, 3] if src.count >= 3 else [1])
+            bands, why = rgb_bands(src, wanted)
             bad = [b for b in bands if not 1 <= b <= src.count]
             if bad:
-                raise InputError(uri, f"quicklook bands {bad} not in 1..{src.count}")
+                raise InputError(uri, f"products.quicklook_rgb {bad} not in 1..{src.count}")
+            log.info("%s: quick-look RGB = bands %s (%s)", uri, bands, why)
             data = src.read(
                 bands,
                 out_shape=(len(bands), *out_shape),
@@ -67,6 +135,43 @@ def read_optical_rgb(
     if rgb.shape[0] == 1:
         rgb = np.repeat(rgb, 3, axis=0)
     return rgb[:3], valid
+
+
+def read_sar_grey(meta: ProductMetadata, out_shape: tuple[int, int]) -> np.ndarray | None:
+    """The SAR scene's first band in dB, stretched to grey (h×w float32, 0..255; NaN nodata),
+    on the optical grid (warped there when the SAR grid differs, as the run did).
+
+    None (with a warning naming the file) when it cannot be read: the panel is a preview, and a
+    finished run's products must not be lost to, say, credentials that expired during the run.
+    """
+    uri = meta.sar_uri
+    h, w = out_shape
+    try:
+        with gdal_env(uri), rasterio.open(gdal_path(uri)) as src:
+            if meta.crs is not None and src.crs is not None:
+                height, width = meta.shape
+                scaled = meta.affine @ rasterio.Affine.scale(width / w, height / h)
+                with WarpedVRT(
+                    src,
+                    crs=rasterio.crs.CRS.from_wkt(meta.crs),
+                    transform=scaled,
+                    width=w,
+                    height=h,
+                    resampling=Resampling.average,
+                ) as vrt:
+                    data = vrt.read(1, masked=True)
+            else:
+                data = src.read(1, out_shape=out_shape, resampling=Resampling.average, masked=True)
+            dtype = src.dtypes[0]
+    except RasterioIOError as exc:
+        log.warning("%s: cannot read the SAR scene, the panel shows it as nodata (%s)", uri, exc)
+        return None
+    raw = data.filled(np.nan if np.dtype(dtype).kind == "f" else 0).astype(np.float32)
+    valid = ~np.ma.getmaskarray(data) & np.isfinite(raw) & (raw != 0)
+    db = sar_to_db(raw, infer_sar_units(raw[valid], dtype), SarConfig(), dtype)
+    grey = stretch(db, valid & np.isfinite(db))
+    grey[~(valid & np.isfinite(db))] = np.nan
+    return grey
 
 
 def read_mask(mask_cog: Path, out_shape: tuple[int, int]) -> np.ndarray:
@@ -85,12 +190,37 @@ def compose(rgb: np.ndarray, valid: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def write_quicklook(meta: ProductMetadata, mask_cog: Path, dst: Path, max_size: int) -> Path:
-    """Write `quicklook.png` for the run; its size keeps the scene's aspect ratio."""
-    out_shape = quicklook_shape(meta.shape, max_size)
-    with plain_image_ok(meta):
-        rgb, valid = read_optical_rgb(meta, out_shape)
-        image = compose(rgb, valid, read_mask(mask_cog, out_shape))
+def _grey_rgb(grey: np.ndarray) -> np.ndarray:
+    out = np.repeat(np.nan_to_num(grey, nan=0)[..., None], 3, axis=-1)
+    out[np.isnan(grey)] = NODATA_GREY
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def panel(pre: np.ndarray, post: np.ndarray, change: np.ndarray) -> np.ndarray:
+    """Three h×w×3 images side by side with white gaps."""
+    h = pre.shape[0]
+    gap = np.full((h, PANEL_GAP, 3), 255, np.uint8)
+    return np.concatenate([pre, gap, post, gap, change], axis=1)
+
+
+def _save(image: np.ndarray, dst: Path) -> None:
     # zlib level 1: a quick-look is a preview; level 6 spent ~0.27 s per 1024² image in finalize
     Image.fromarray(image).save(dst, format="PNG", compress_level=1)
-    return dst
+
+
+def write_quicklooks(
+    meta: ProductMetadata, cfg: ProductConfig, mask_cog: Path, dst: Path, panel_dst: Path
+) -> tuple[Path, Path]:
+    """Write `quicklook.png` and `quicklook_panel.png`; the maps keep the scene's aspect ratio."""
+    out_shape = quicklook_shape(meta.shape, cfg.quicklook_max_size)
+    with plain_image_ok(meta):
+        rgb, valid = read_optical_rgb(meta, out_shape, cfg.quicklook_rgb)
+        mask = read_mask(mask_cog, out_shape)
+        change = compose(rgb, valid, mask)
+        legend = Legend.for_run(meta, out_shape)
+        _save(draw_legend(change, legend), dst)
+        pre = compose(rgb, valid, np.where(mask == 255, 255, 0).astype(np.uint8))
+        sar = read_sar_grey(meta, out_shape)
+        post = _grey_rgb(np.full(out_shape, np.nan, np.float32) if sar is None else sar)
+        _save(draw_legend(panel(pre, post, change), legend, titles=True), panel_dst)
+    return dst, panel_dst

@@ -8,6 +8,7 @@ are relative to the item, so the whole prefix can be moved or copied (staging â†
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -54,13 +55,48 @@ ASSETS: dict[str, AssetSpec] = {
         ("data",),
         "Change polygons (WGS84 lon/lat, RFC 7946)",
     ),
+    "polygons_parquet": AssetSpec(
+        "./change.parquet",
+        "application/vnd.apache.parquet",
+        ("data",),
+        "Change polygons (GeoParquet 1.1, scene CRS)",
+    ),
+    "polygons_fgb": AssetSpec(
+        "./change.fgb",
+        "application/vnd.flatgeobuf",
+        ("data",),
+        "Change polygons (FlatGeobuf with spatial index, scene CRS)",
+    ),
     "quicklook": AssetSpec(
         "./quicklook.png",
         pystac.MediaType.PNG,
         ("overview", "visual"),
-        "Optical with change in red",
+        "Optical in natural colour with change in red, legend and scale bar",
+    ),
+    "quicklook_panel": AssetSpec(
+        "./quicklook_panel.png",
+        pystac.MediaType.PNG,
+        ("overview",),
+        "Pre (optical) | post (SAR) | change",
     ),
 }
+
+FILE_EXTENSION = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+CLASSIFICATION_EXTENSION = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
+PROCESSING_EXTENSION = "https://stac-extensions.github.io/processing/v1.1.0/schema.json"
+# The mask's classes (classification extension): the values of change_mask.tif and `mask`.
+MASK_CLASSES = [
+    {"value": 0, "name": "no_change", "description": "no change", "color_hint": "FFFFFF"},
+    {"value": 1, "name": "change", "description": "change", "color_hint": "E61919"},
+    {
+        "value": 255,
+        "name": "nodata",
+        "description": "no valid input in one scene or the other",
+        "color_hint": "808080",
+        "nodata": True,
+    },
+]
+SOFTWARE = "m2cd-pipeline"
 
 
 @dataclass(frozen=True)
@@ -141,10 +177,12 @@ def _add_projection(item: pystac.Item, meta: ProductMetadata) -> None:
     proj.bbox = native_bbox(meta)
 
 
-def build_item(meta: ProductMetadata, assets: list[str], summary: ChangeSummary) -> pystac.Item:
-    """A STAC Item for the products named in `assets` (keys of ASSETS)."""
+def build_item(
+    meta: ProductMetadata, assets: dict[str, Path | None], summary: ChangeSummary
+) -> pystac.Item:
+    """A STAC Item for the products named in `assets` (keys of ASSETS â†’ local file, if any)."""
     geometry, bbox = footprint_wgs84(meta)
-    both = meta.optical_datetime is not None and meta.sar_datetime is not None
+    dates = [d for d in (meta.optical_datetime, meta.sar_datetime) if d is not None]
     properties: dict[str, Any] = {
         "created": meta.created.isoformat(),
         "m2cd:inputs": {"optical": meta.optical_uri, "sar": meta.sar_uri},
@@ -157,28 +195,76 @@ def build_item(meta: ProductMetadata, assets: list[str], summary: ChangeSummary)
         "m2cd:changed_area_m2": summary.changed_m2,
         "m2cd:polygon_count": summary.polygon_count,
         "m2cd:min_mapping_unit_px": summary.min_mapping_unit_px,
+        "m2cd:optical_bands": meta.optical_bands,
+        "processing:lineage": (
+            f"M2CD change detection, {meta.model_name} ({meta.model_digest}), on the optical grid"
+            + (f"; SAR resampled with {meta.resampling}" if meta.resampling else "")
+        ),
+        "processing:software": {SOFTWARE: _software_version()},
     }
     if summary.threshold is not None:
         properties["m2cd:threshold"] = summary.threshold
+    # The acquisitions span the change; unknown dates (the run may not know them) fall back to
+    # the creation time, the one time STAC can be given then.
     item = pystac.Item(
         id=item_id(meta.run_key),
         geometry=geometry,
         bbox=bbox,
-        datetime=meta.sar_datetime or meta.created,
-        start_datetime=meta.optical_datetime if both else None,
-        end_datetime=meta.sar_datetime if both else None,
+        datetime=meta.sar_datetime or (dates[0] if dates else meta.created),
+        start_datetime=min(dates) if len(dates) == 2 else None,
+        end_datetime=max(dates) if len(dates) == 2 else None,
         properties=properties,
     )
     _add_projection(item, meta)
-    for key in assets:
+    _add_inputs(item, meta)
+    for key, path in assets.items():
         spec = ASSETS[key]
+        extra = file_fields(path)
+        if key == "mask":
+            extra["classification:classes"] = MASK_CLASSES
         item.add_asset(
             key,
             pystac.Asset(
-                href=spec.href, media_type=spec.media_type, roles=list(spec.roles), title=spec.title
+                href=spec.href,
+                media_type=spec.media_type,
+                roles=list(spec.roles),
+                title=spec.title,
+                extra_fields=extra,
             ),
         )
+    item.stac_extensions += [FILE_EXTENSION, CLASSIFICATION_EXTENSION, PROCESSING_EXTENSION]
     return item
+
+
+def file_fields(path: Path | None) -> dict[str, Any]:
+    """file:size and file:checksum (multihash: 0x12 = SHA2-256, 0x20 = 32 bytes) of a file."""
+    if path is None:
+        return {}
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"file:size": path.stat().st_size, "file:checksum": "1220" + digest.hexdigest()}
+
+
+def _software_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(SOFTWARE)
+    except PackageNotFoundError:  # a source checkout without an install
+        return "unknown"
+
+
+def _add_inputs(item: pystac.Item, meta: ProductMetadata) -> None:
+    """`derived_from` links to the two scenes (redacted URIs, as in m2cd:inputs)."""
+    for uri, title in (
+        (meta.optical_uri, "pre-event optical scene"),
+        (meta.sar_uri, "post-event SAR scene"),
+    ):
+        item.add_link(
+            pystac.Link(pystac.RelType.DERIVED_FROM, uri, pystac.MediaType.GEOTIFF, title=title)
+        )
 
 
 def write_item(item: pystac.Item, dst: Path) -> Path:

@@ -95,6 +95,22 @@ def write_optical(path: Path, grid: tuple, shape: tuple[int, int] = SHAPE, seed:
     return str(path)
 
 
+def write_sar(path: Path, grid: tuple, shape: tuple[int, int] = SHAPE, seed: int = 3) -> str:
+    """A 1-band float32 σ⁰ (linear power) SAR GeoTIFF on the grid, darker (water) where
+    CROSSING changed, so the panel's post image differs from the pre image there."""
+    crs, transform = grid
+    rng = np.random.default_rng(seed)
+    data = rng.gamma(4.0, 0.05 / 4.0, size=shape).astype(np.float32)  # ~ -13 dB land
+    data[CROSSING] *= 0.02  # ~ -30 dB: flooded
+    profile = {"driver": "GTiff", "height": shape[0], "width": shape[1], "count": 1}
+    profile |= {"dtype": "float32", "nodata": 0.0}
+    if crs is not None:
+        profile |= {"crs": CRS.from_wkt(crs), "transform": rasterio.Affine(*transform)}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+    return str(path)
+
+
 def metadata(
     grid: tuple, optical_uri: str, shape: tuple[int, int] = SHAPE, **extra
 ) -> ProductMetadata:
@@ -113,3 +129,32 @@ def metadata(
         "created": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
     }
     return ProductMetadata(**(fields | extra))
+
+
+STAC_SCHEMAS = Path(__file__).parents[1] / "data" / "stac_schemas"
+# Extension schema URL → vendored file (tests/data/stac_schemas/README.md: sources, licence).
+VENDORED_STAC_SCHEMAS = {
+    "https://stac-extensions.github.io/file/v2.1.0/schema.json": "file-v2.1.0.json",
+    "https://stac-extensions.github.io/processing/v1.1.0/schema.json": "processing-v1.1.0.json",
+}
+
+
+def offline_stac_validator():
+    """A pystac validator that reads schemas only from pystac's own copies (core Item, GeoJSON)
+    and tests/data/stac_schemas, and raises on any other URL instead of fetching it."""
+    import json as _json
+
+    from pystac.validation.stac_validator import GetSchemaError, JsonSchemaSTACValidator
+
+    class OfflineValidator(JsonSchemaSTACValidator):
+        def _get_schema(self, schema_uri: str) -> dict:
+            if schema_uri not in self.schema_cache:
+                raise GetSchemaError(schema_uri, RuntimeError("not vendored: no network in tests"))
+            return self.schema_cache[schema_uri]
+
+    validator = OfflineValidator()
+    for url, name in VENDORED_STAC_SCHEMAS.items():
+        schema = _json.loads((STAC_SCHEMAS / name).read_text())
+        validator.schema_cache[url] = schema
+        validator.schema_cache[url + "#"] = schema
+    return validator

@@ -13,7 +13,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from pipeline.config import ProductConfig
 from pipeline.errors import InputError
-from pipeline.products import PRODUCT_FILES, write_products
+from pipeline.products import OPTIONAL_PRODUCTS, PRODUCT_FILES, STORE_PRODUCT, write_products
 from tests.pipeline.products_support import (
     PLAIN,
     SHAPE,
@@ -48,10 +48,15 @@ def products(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     return {"grid": grid, "out": make_products(root, grid), "root": root}
 
 
+DEFAULT_PRODUCTS = {
+    k: v for k, v in PRODUCT_FILES.items() if k not in OPTIONAL_PRODUCTS | {STORE_PRODUCT}
+}
+
+
 def test_every_product_is_published_and_nothing_else(products: dict) -> None:
     out_dir = products["root"] / "out-256"
-    assert set(products["out"]) == set(PRODUCT_FILES)
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted(PRODUCT_FILES.values())
+    assert set(products["out"]) == set(DEFAULT_PRODUCTS)
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(DEFAULT_PRODUCTS.values())
     assert all(Path(uri).is_file() for uri in products["out"].values())
 
 

@@ -13,8 +13,9 @@ from rasterio.features import shapes
 from scipy import ndimage
 from shapely.geometry import shape
 
-from pipeline.products.polygons import GeoJSONWriter, PolygonBuilder
+from pipeline.products.polygons import PolygonBuilder, PolygonWriter
 from pipeline.products.source import Block
+from pipeline.products.vectors import GeoJSONSink
 from tests.pipeline.products_support import (
     CROSSING,
     PLAIN,
@@ -37,7 +38,7 @@ def vectorise(
     mmu: int = 0,
     wgs84: bool = False,
     seed: int | None = None,
-) -> tuple[dict, GeoJSONWriter]:
+) -> tuple[dict, PolygonWriter]:
     """Run builder + writer over numpy blocks of `chunk` px, as write_products does over Zarr.
 
     Blocks go in row-major order, or shuffled with `seed` (as parallel workers would finish them).
@@ -47,7 +48,7 @@ def vectorise(
     offsets = [(r, c) for r in range(0, SHAPE[0], chunk) for c in range(0, SHAPE[1], chunk)]
     if seed is not None:
         np.random.default_rng(seed).shuffle(offsets)
-    with GeoJSONWriter(path, meta, mmu, wgs84=wgs84) as writer:
+    with PolygonWriter([GeoJSONSink(path)], meta, mmu, wgs84=wgs84) as writer:
         builder = PolygonBuilder(SHAPE, writer.write)
         for r, c in offsets:
             sl = (slice(r, r + chunk), slice(c, c + chunk))
@@ -57,7 +58,7 @@ def vectorise(
 
 
 @pytest.fixture(scope="module")
-def utm256(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, GeoJSONWriter]:
+def utm256(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, PolygonWriter]:
     """The UTM scene vectorised with 256² blocks (shared by the read-only tests)."""
     return vectorise(tmp_path_factory.mktemp("polygons"), UTM, 256)
 
@@ -88,10 +89,12 @@ def test_blockwise_polygons_equal_whole_scene_vectorisation(utm256: tuple) -> No
 
 
 def test_geojson_bytes_do_not_depend_on_the_block_size(tmp_path: Path, utm256: tuple) -> None:
-    reference = utm256[1].path.read_bytes()
+    reference = utm256[1].sinks[0].path.read_bytes()
     for chunk in (100, 900):  # 900: one block per block-row of the scene
-        assert vectorise(tmp_path, UTM, chunk)[1].path.read_bytes() == reference
-    assert vectorise(tmp_path, UTM, 128, seed=3)[1].path.read_bytes() == reference  # any order
+        assert vectorise(tmp_path, UTM, chunk)[1].sinks[0].path.read_bytes() == reference
+    assert (
+        vectorise(tmp_path, UTM, 128, seed=3)[1].sinks[0].path.read_bytes() == reference
+    )  # any order
 
 
 def test_polygon_crossing_chunk_corner_is_one_feature_with_its_pixel_area(utm256: tuple) -> None:

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import zarr
 from rio_cogeo.cogeo import cog_validate
 
 from pipeline.config import ProductConfig
-from pipeline.io.storage import gdal_env, gdal_options, gdal_path, put_file_atomic
-from pipeline.products import PRODUCT_FILES, write_products
+from pipeline.io.storage import gdal_env, gdal_options, gdal_path, put_file_atomic, zarr_store
+from pipeline.products import OPTIONAL_PRODUCTS, PRODUCT_FILES, STORE_PRODUCT, write_products
 from tests.pipeline.products_support import (
     UTM,
     change_mask,
@@ -35,10 +36,15 @@ def test_products_round_trip_through_s3(s3_env, tmp_path: Path) -> None:
 
     out = write_products(store, f"{run}/out", metadata(UTM, optical), ProductConfig())
 
-    assert out == {k: f"{run}/out/{name}" for k, name in PRODUCT_FILES.items()}
+    written = {
+        k: v for k, v in PRODUCT_FILES.items() if k not in OPTIONAL_PRODUCTS | {STORE_PRODUCT}
+    }
+    assert out == {k: f"{run}/out/{name}" for k, name in written.items()}
     fs = s3_env.filesystem()
     listed = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket}/runs/r1/out"))
-    assert listed == sorted(PRODUCT_FILES.values())  # no temporary leftovers
+    assert listed == sorted(written.values())  # no temporary leftovers
+    overviews = zarr.open_group(zarr_store(store), mode="r")["overviews"]
+    assert overviews.attrs["multiscales"]["layout"][0]["asset"] == "1"  # written on S3 too
     with gdal_env(out["mask"]), rasterio.open(gdal_path(out["mask"])) as ds:
         assert ds.crs.to_epsg() == 32633 and ds.transform == rasterio.Affine(*UTM[1])
         np.testing.assert_array_equal(ds.read(1), mask)

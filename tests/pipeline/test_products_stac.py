@@ -40,7 +40,7 @@ SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYzEXAMPLEKEY"
 
 
 def _item_dict(tmp_path: Path, grid: tuple, **extra) -> dict:
-    assets = ["zarr", "probability", "mask", "polygons", "quicklook"]
+    assets = dict.fromkeys(["zarr", "probability", "mask", "polygons", "quicklook"])
     item = build_item(metadata(grid, "/data/s2_pre.tif", **extra), assets, SUMMARY)
     return json.loads(write_item(item, tmp_path / "item.json").read_text())
 
@@ -149,3 +149,63 @@ def test_written_products_carry_no_credentials(tmp_path: Path) -> None:
     assert props["m2cd:polygon_count"] == len(
         json.loads(Path(out["polygons"]).read_text())["features"]
     )
+
+
+def _written_item(tmp_path: Path, **extra) -> dict:
+    mask = change_mask()
+    store = write_store(tmp_path / "change.zarr", UTM, mask, change_probability(mask))
+    meta = metadata(UTM, write_optical(tmp_path / "optical.tif", UTM), **extra)
+    out = write_products(store, str(tmp_path / "out"), meta, ProductConfig())
+    return json.loads(Path(out["item"]).read_text()), out
+
+
+def test_item_validates_offline_against_core_file_and_processing(tmp_path: Path) -> None:
+    from pystac.validation import validate_dict
+
+    from tests.pipeline.products_support import VENDORED_STAC_SCHEMAS, offline_stac_validator
+
+    d, _ = _written_item(tmp_path)
+    validator = offline_stac_validator()
+    pystac.validation.set_validator(validator)
+    try:
+        validate_dict(d, extensions=list(VENDORED_STAC_SCHEMAS))  # raises on any failure
+        broken = json.loads(json.dumps(d))
+        broken["assets"]["mask"]["file:checksum"] = "not hex"
+        with pytest.raises(pystac.errors.STACValidationError):
+            validate_dict(broken, extensions=list(VENDORED_STAC_SCHEMAS))
+    finally:
+        pystac.validation.set_validator(pystac.validation.JsonSchemaSTACValidator())
+
+
+def test_every_asset_has_its_size_and_checksum(tmp_path: Path) -> None:
+    import hashlib
+
+    d, out = _written_item(tmp_path)
+    for key, asset in d["assets"].items():
+        if key == "zarr":  # a directory: no single byte stream (and its chunking is the block's)
+            assert "file:size" not in asset
+            continue
+        data = Path(out[key]).read_bytes()
+        assert asset["file:size"] == len(data)
+        assert asset["file:checksum"] == "1220" + hashlib.sha256(data).hexdigest()
+
+
+def test_acquisition_dates_span_the_item_and_inputs_are_linked(tmp_path: Path) -> None:
+    pre, post = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 9, tzinfo=UTC)
+    d, _ = _written_item(tmp_path, optical_datetime=pre, sar_datetime=post)
+    props = d["properties"]
+    assert props["start_datetime"] == "2026-10-01T00:00:00Z"
+    assert props["end_datetime"] == "2026-10-09T00:00:00Z"
+    assert props["datetime"] == "2026-10-09T00:00:00Z"  # the post-event acquisition
+    links = [(ln["rel"], ln["href"]) for ln in d["links"]]
+    assert ("derived_from", props["m2cd:inputs"]["optical"]) in links
+    assert ("derived_from", props["m2cd:inputs"]["sar"]) in links
+    classes = {c["value"]: c["name"] for c in d["assets"]["mask"]["classification:classes"]}
+    assert classes == {0: "no_change", 1: "change", 255: "nodata"}
+    assert props["processing:software"].keys() == {"m2cd-pipeline"}
+
+
+def test_unknown_dates_leave_no_interval(tmp_path: Path) -> None:
+    d, _ = _written_item(tmp_path)  # the run does not know them
+    assert "start_datetime" not in d["properties"] and "end_datetime" not in d["properties"]
+    assert d["properties"]["datetime"] == d["properties"]["created"].replace("+00:00", "Z")
