@@ -186,3 +186,70 @@ def model(
 
 if __name__ == "__main__":
     app()
+
+
+def routing_figure(shares: list[dict[str, Any]], path: Path) -> None:
+    """Bars per stage and expert: optical (blue) and SAR (orange) share of tokens (PIL only)."""
+    from PIL import Image, ImageDraw
+
+    experts = len(shares[0]["optical_share"])
+    cell_w, bar_w, h, top = 26, 10, 160, 30
+    width = 60 + len(shares) * (experts * cell_w + 30)
+    img = Image.new("RGB", (width, h + top + 50), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 6), "share of optical (blue) and SAR (orange) tokens per expert", fill="black")
+    x = 50
+    for row in shares:
+        for e in range(experts):
+            for k, (key, colour) in enumerate(
+                (("optical_share", (31, 119, 180)), ("sar_share", (255, 127, 14)))
+            ):
+                v = float(row[key][e])
+                x0 = x + e * cell_w + k * bar_w
+                draw.rectangle([x0, top + h - v * h, x0 + bar_w - 1, top + h], fill=colour)
+            draw.text((x + e * cell_w + 4, top + h + 4), f"e{e}", fill="black")
+        draw.text(
+            (x, top + h + 20),
+            f"stage {row['stage']} TV {row['modality_tv_distance']}",
+            fill="black",
+        )
+        x += experts * cell_w + 30
+    draw.line([45, top, 45, top + h], fill="black")
+    draw.text((5, top - 4), "1.0", fill="black")
+    draw.text((5, top + h - 8), "0", fill="black")
+    img.save(path)
+
+
+@app.command()
+def routing(
+    checkpoint: Annotated[Path, typer.Option(help="m2cd checkpoint directory.")],
+    root: Annotated[str, typer.Option(help="OMBRIA folder as published.")] = ROOT,
+    split: Annotated[str, typer.Option(help="Which split's chips to route.")] = "test",
+    out: Annotated[Path, typer.Option(help="JSON out; the PNG figure goes beside it.")] = Path(
+        "routing.json"
+    ),
+) -> None:
+    """Share of optical and SAR tokens each expert takes at each MoE stage (do experts specialise
+    by modality, as the paper argues?)."""
+    import torch
+
+    import m2cd
+    from m2cd.routing import record_routing, routing_shares
+    from pipeline.io.normalize import match_channels
+
+    model = m2cd.load_checkpoint(checkpoint).eval()
+    bands = model.config.bands
+    areas = load_split(root, split, recipe_detect_config(), (bands.optical_channels, 1))
+    with torch.no_grad(), record_routing(model) as records:
+        for i in range(0, len(areas), 8):
+            chunk = areas[i : i + 8]
+            opt = np.stack([match_channels(a.optical, bands.optical_channels) for a in chunk])
+            sar = np.stack([match_channels(a.sar, bands.sar_channels) for a in chunk])
+            model(torch.from_numpy(opt), torch.from_numpy(sar))
+    shares = routing_shares(records)
+    out.write_text(
+        json.dumps({"checkpoint": str(checkpoint), "split": split, "stages": shares}, indent=2)
+        + "\n"
+    )
+    routing_figure(shares, out.with_suffix(".png"))
+    typer.echo(json.dumps(shares, indent=2))

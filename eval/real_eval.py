@@ -91,12 +91,12 @@ def train_mask(shape: tuple[int, int], windows: list[tuple[int, int, int, int]])
 # prepare
 
 
-def prepare(data: Path, cache: Path) -> None:
-    from pipeline.config import DetectConfig
+def prepare(data: Path, cache: Path, sets: dict[str, Any] | None = None) -> None:
+    from pipeline.config import load_detect_config
     from pipeline.training.data import decode_label, label_encoding, read_label_raw, read_pair
 
     cache.mkdir(parents=True, exist_ok=True)
-    cfg = DetectConfig()
+    cfg = load_detect_config("default", sets or {})
     for name, s in SCENES.items():
         folder = data / s["folder"]
         opt, sar, valid = read_pair(str(folder / s["optical"]), str(folder / s["sar"]), cfg, None)
@@ -349,9 +349,46 @@ app = typer.Typer(
 def prepare_command(
     data: Path = typer.Option(Path("../shared/data/real")),
     cache: Path = typer.Option(Path("runs/real/cache")),
+    set_: list[str] = typer.Option(
+        [], "--set", metavar="KEY=YAML", help="detect-config override, e.g. sar.units=db"
+    ),
 ) -> None:
     """Normalise every scene once (the later steps need only numpy + torch)."""
-    prepare(data, cache)
+    prepare(data, cache, parse_overrides(set_))
+
+
+@app.command("zeroshot")
+def zeroshot_command(
+    cache: Path = typer.Option(Path("runs/real/cache-db")),
+    out: Path = typer.Option(Path("runs/real/zeroshot.jsonl")),
+    checkpoint: Path | None = typer.Option(None, help="default: the shipped model"),
+) -> None:
+    """Score a model with no fine-tuning on every scene's test part, at its own threshold."""
+    import m2cd
+    from m2cd.pretrained import shipped_checkpoint
+    from pipeline.engine.request import checkpoint_threshold
+
+    ckpt = checkpoint or shipped_checkpoint()
+    model = m2cd.load_checkpoint(ckpt)
+    threshold = checkpoint_threshold(str(ckpt))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    for name in SCENES:
+        arr = load_cached(cache, name)
+        prob = predict_probability(model, arr, torch.device("cpu"), None)
+        for suffix, t in (("", threshold), ("_at_0.5", 0.5)):
+            rec = {
+                "kind": "zeroshot",
+                "scene": name,
+                "variant": f"{ckpt.name}{suffix}",
+                "threshold": t,
+                **split_stats(arr),
+                **test_metrics((prob >= t).astype(np.uint8), arr),
+            }
+            with open(out, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(json.dumps(rec), flush=True)
 
 
 @app.command("baselines")

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from m2cd.checkpoint import CheckpointError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -31,3 +34,21 @@ def shipped_checkpoint(name: str = DEFAULT_MODEL) -> Path:
             f"{path}: no shipped model {name!r} (shipped: {', '.join(shipped_models()) or 'none'})"
         )
     return path
+
+
+PROBE_PIXELS = ((0, 0), (17, 101), (64, 64), (100, 30), (127, 127))
+
+
+def probe_output(model: nn.Module) -> list[float]:
+    """Change probability of a fixed seeded 128² input at five pixels.
+
+    Recorded in a shipped checkpoint's provenance when it is shipped; the test suite recomputes
+    it, so a changed weight file, loader or forward cannot pass unnoticed.
+    """
+    bands = model.config.bands  # type: ignore[union-attr]
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.randn(1, bands.optical_channels, 128, 128, generator=gen).clamp(-2, 2)
+    sar = torch.rand(1, bands.sar_channels, 128, 128, generator=gen) * 2 - 1
+    with torch.no_grad():
+        prob = torch.softmax(model.eval()(opt, sar).float(), 1)[0, 1]
+    return [round(float(prob[y, x]), 6) for y, x in PROBE_PIXELS]
