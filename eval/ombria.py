@@ -184,10 +184,6 @@ def model(
         out.write_text(text + "\n")
 
 
-if __name__ == "__main__":
-    app()
-
-
 def routing_figure(shares: list[dict[str, Any]], path: Path) -> None:
     """Bars per stage and expert: optical (blue) and SAR (orange) share of tokens (PIL only)."""
     from PIL import Image, ImageDraw
@@ -253,3 +249,7 @@ def routing(
     )
     routing_figure(shares, out.with_suffix(".png"))
     typer.echo(json.dumps(shares, indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -25,6 +25,10 @@ import typer
 
 OMBRIA = Path(__file__).resolve().parents[1].parent / "shared/data/real/ombria_s2pre_s1post_flood"
 TRAIN_FRACTION = 0.3  # of the mosaic's columns, for the fine-tune
+# Neighbouring chips of the mosaic are unrelated places: tiles of one chip each (256², no overlap,
+# the grid anchored at the origin like the chips) keep the model from mixing them (with the
+# default 64 px overlap across chip borders the shipped model scored F1 0.672 instead of 0.760).
+CHIP_TILES = {"tiling.tile": 256, "tiling.overlap": 0}
 
 
 def _embedded_prefect(out: Path) -> None:
@@ -121,6 +125,7 @@ def run_demo(
         output=str(out / "shipped"),
         model="promoted",
         registry=str(registry),
+        overrides=CHIP_TILES,
         overwrite=True,
     )
     mask = shipped.products["change_mask.tif"]
@@ -153,6 +158,7 @@ def run_demo(
         output=str(out / "finetuned"),
         model="promoted",
         registry=str(registry),
+        overrides=CHIP_TILES,
         overwrite=True,
     )
     after = _scores(tuned.products["change_mask.tif"], str(scene.label), held_out)

@@ -16,6 +16,7 @@ import platform
 import statistics
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,7 +85,8 @@ def run(
     return {
         "model": model_name,
         "overrides": overrides or {},
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine(),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "precision": str(amp).removeprefix("torch.") if amp is not None else "fp32",
         "threads": torch.get_num_threads(),
         "batch": batch,
@@ -95,6 +97,17 @@ def run(
         "ratio": eval_s / train_s,
         "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
+
+
+def _cpu_name() -> str:
+    """The CPU model (figures differ between the AVX2 and AVX-512 development machines)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def format_table(r: dict[str, Any]) -> str:
