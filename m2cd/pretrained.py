@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from m2cd.checkpoint import CheckpointError
+from m2cd.config import ModelConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL = "ombria_mit_b0"
@@ -45,7 +46,9 @@ def probe_output(model: nn.Module) -> list[float]:
     Recorded in a shipped checkpoint's provenance when it is shipped; the test suite recomputes
     it, so a changed weight file, loader or forward cannot pass unnoticed.
     """
-    bands = model.config.bands  # type: ignore[union-attr]
+    config = model.config
+    assert isinstance(config, ModelConfig), "an m2cd model (m2cd.build_model / load_checkpoint)"
+    bands = config.bands
     gen = torch.Generator().manual_seed(0)
     opt = torch.randn(1, bands.optical_channels, 128, 128, generator=gen).clamp(-2, 2)
     sar = torch.rand(1, bands.sar_channels, 128, 128, generator=gen) * 2 - 1
