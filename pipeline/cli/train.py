@@ -13,7 +13,9 @@ DEFAULT_RECIPE = "finetune"  # configs/train/finetune.yaml: the default fine-tun
 def train_command(
     config: Annotated[
         str | None,
-        typer.Option("--config", "-c", help="Recipe YAML (or a name in configs/train/)."),
+        typer.Option(
+            "--config", "-c", help="Recipe YAML (or a name in configs/train/) [finetune]."
+        ),
     ] = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Run directory (best/, last/, metrics.jsonl).")
@@ -33,17 +35,32 @@ def train_command(
         list[str] | None, typer.Option(help="R0:R1,C0:C1 window to validate on (repeatable).")
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Model config name, e.g. siam_r18, tiny.")
+        str | None,
+        typer.Option(
+            help="Model config name, e.g. siam_r18, tiny [the recipe's; finetune: siam_mit_b0]."
+        ),
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Training steps (last stage).")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Training steps (last stage) [the recipe's; finetune: 600].")
+    ] = None,
     init: Annotated[
         str | None,
-        typer.Option(help="Start the last stage from this checkpoint (e.g. a pretraining's best)."),
+        typer.Option(
+            help="Start the last stage from this checkpoint (e.g. a pretraining's best) [none: random init]."
+        ),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Chips per step.")] = None,
-    tile: Annotated[int | None, typer.Option(help="Chip size in pixels.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Chips per step [the recipe's; finetune: 8].")
+    ] = None,
+    tile: Annotated[
+        int | None, typer.Option(help="Chip size in pixels [the recipe's; finetune: 128].")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed [the recipe's; finetune: 0].")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N [the recipe's; finetune: auto].")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
     set_: Annotated[
         list[str] | None,
