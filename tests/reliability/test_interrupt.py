@@ -86,3 +86,21 @@ def test_ctrl_c_exits_130_keeps_blocks_and_the_rerun_is_identical(scene, clean, 
     assert rerun.returncode == 0, rerun.stderr
     assert f"({kept} resumed)" in rerun.stdout
     assert fingerprint(out) == clean
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_train_exits_130_and_keeps_the_last_checkpoint(scene, tmp_path):
+    out = tmp_path / "run"
+    proc = _start(
+        ["train", "--optical", str(scene / "optical.tif"), "--sar", str(scene / "sar.tif"),
+         "--label", str(scene / "label.tif"), "--train-window", "0:192,0:256",
+         "--val-window", "192:256,0:256", "--model", "tiny", "--steps", "100000", "--tile", "64",
+         "--batch-size", "2", "--device", "cpu", "--no-progress", "--out", str(out),
+         "--set", "checkpoint_every=2", "--set", "val_every=1000", "--set", "log_every=1"]
+    )  # fmt: skip
+    _interrupt_when(proc, lambda: (out / "last" / "train_state.json").exists(), twice=True)
+    stderr = proc.stderr.read()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == TRAIN_LINE
+    assert "Traceback" not in stderr and "terminate called" not in stderr
+    assert (out / "last" / "train_state.json").exists()
