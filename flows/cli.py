@@ -6,6 +6,7 @@ pixel commands, then the two that need Prefect, named here explicitly.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -17,6 +18,7 @@ from flows.faults import is_transient, permanent_os_error
 from pipeline.cli import CONTEXT
 from pipeline.cli import build_app as build_pixel_app
 from pipeline.cli.interrupt import Interrupted, ignore_further_interrupts
+from pipeline.cli.root import reset_logging
 from pipeline.errors import M2CDError
 from pipeline.io.storage import redact
 
@@ -51,8 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     transient fault (retry later: the same command resumes); 130 Ctrl-C. Anything else is a bug
     and keeps its traceback. The warnings filter is restored on return (tests call this in-process).
     """
-    with warnings.catch_warnings():
-        return _run(build_app(), argv)
+    tqdm_disable = os.environ.get("TQDM_DISABLE")
+    try:
+        with warnings.catch_warnings():
+            return _run(build_app(), argv)
+    finally:
+        reset_logging()
+        if tqdm_disable is None:
+            os.environ.pop("TQDM_DISABLE", None)
 
 
 def _run(app: typer.Typer, argv: list[str] | None) -> int:
@@ -65,6 +73,11 @@ def _run(app: typer.Typer, argv: list[str] | None) -> int:
         return exc.exit_code
     except M2CDError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        if not _is_checkpoint_error(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)  # names the checkpoint path and the problem
         return 2
     except Interrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
@@ -83,6 +96,13 @@ def _run(app: typer.Typer, argv: list[str] | None) -> int:
     except Exception as exc:  # noqa: BLE001  (only transient faults are handled; others re-raised)
         return _transient(exc)
     return result if isinstance(result, int) else 0
+
+
+def _is_checkpoint_error(exc: BaseException) -> bool:
+    """m2cd's CheckpointError (e.g. `train --init` naming no checkpoint), matched without
+    importing m2cd here: that imports torch, which `m2cd --help` does not need (~5 s)."""
+    module = sys.modules.get("m2cd.checkpoint")
+    return module is not None and isinstance(exc, module.CheckpointError)
 
 
 def _usage_error(exc: click.UsageError) -> int:

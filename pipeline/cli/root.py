@@ -63,9 +63,19 @@ def configure_logging(verbosity: int) -> None:
     ours = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
     for name in OUR_LOGGERS:
         logging.getLogger(name).setLevel(ours)
-    warnings.showwarning = _show_warning
+    warnings.showwarning = _show_warning  # flows.cli.main restores it (warnings.catch_warnings)
     if verbosity < 0:
         os.environ["TQDM_DISABLE"] = "1"  # -q: no progress bars either (tqdm reads it per bar)
+
+
+def reset_logging() -> None:
+    """Undo `configure_logging` (for callers of `flows.cli.main` in-process, such as tests): the
+    handler holds the stderr of the call that made it."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(handler)
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def _print_version(value: bool) -> None:

@@ -71,7 +71,9 @@ def train_command(
     import json
 
     # inside the command: these import torch (~5 s that `m2cd --help` does not need)
-    from pipeline.config import parse_overrides
+    from pydantic import ValidationError
+
+    from pipeline.config import format_validation_error, parse_overrides
     from pipeline.errors import ConfigError
     from pipeline.training.config import load_train_config
     from pipeline.training.trainer import train
@@ -113,7 +115,10 @@ def train_command(
             k: v for k, v in {"model": model, "steps": steps, "init": init}.items() if v is not None
         }
         cfg = cfg.model_copy(update={"stages": [*cfg.stages[:-1], last.model_copy(update=update)]})
-        cfg = type(cfg).model_validate(cfg.model_dump())
+        try:
+            cfg = type(cfg).model_validate(cfg.model_dump())
+        except ValidationError as exc:  # e.g. --steps 0: name the flag's field, no traceback
+            raise ConfigError(format_validation_error(exc, "command line")) from None
     result = train(cfg, out, resume=resume)
     typer.echo(
         json.dumps(

@@ -74,3 +74,35 @@ def test_io_and_network_os_errors_stay_transient(code):
 
 def test_an_os_error_without_errno_stays_transient():
     assert is_transient(OSError("curl: connection reset"))
+
+
+def test_malformed_yaml_in_set_is_one_line_naming_the_item(pair, tmp_path):
+    res = run_cli(detect_args(pair, tmp_path / "out", "--set", "tiling.tile=[1,"))
+    _one_error_line(res, "--set 'tiling.tile=[1,'", "not valid YAML")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "scene"
+    assert run_cli(["synth", "--out", str(out), "--size", "64", "64"]).returncode == 0
+    return out
+
+
+def _train_args(scene, out, *more: str) -> list[str]:
+    return ["train", "--optical", str(scene / "optical.tif"), "--sar", str(scene / "sar.tif"),
+            "--label", str(scene / "label.tif"), "--train-window", "0:64,0:64", "--model", "tiny",
+            "--device", "cpu", "--no-progress", "--out", str(out), *more]  # fmt: skip
+
+
+def test_train_steps_0_names_the_field(scene, tmp_path):
+    res = run_cli(_train_args(scene, tmp_path / "run", "--steps", "0"))
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "stages.0.steps: Input should be greater than or equal to 1 (got 0)" in res.stderr
+
+
+def test_train_init_that_is_no_checkpoint_names_the_path(scene, tmp_path):
+    missing = tmp_path / "no-such-checkpoint"
+    res = run_cli(_train_args(scene, tmp_path / "run", "--steps", "2", "--init", str(missing)))
+    _one_error_line(res, str(missing), "not a checkpoint directory")

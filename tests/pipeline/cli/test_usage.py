@@ -65,7 +65,7 @@ def test_one_plain_log_handler_and_warnings_as_one_line(capsys):
     import logging
     import warnings
 
-    from pipeline.cli.root import configure_logging
+    from pipeline.cli.root import configure_logging, reset_logging
 
     configure_logging(0)
     configure_logging(1)  # a second call replaces ours, never stacks another
@@ -84,6 +84,8 @@ def test_one_plain_log_handler_and_warnings_as_one_line(capsys):
     assert not any("warnings.warn" in line for line in err)  # no source line
     configure_logging(-1)
     assert logging.getLogger("pipeline").level == logging.WARNING
+    reset_logging()
+    assert not [h for h in logging.getLogger().handlers if h.get_name() == "m2cd-cli"]
 
 
 def test_device_fields_take_cuda_n():
