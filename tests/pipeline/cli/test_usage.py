@@ -91,11 +91,15 @@ def test_one_plain_log_handler_and_warnings_as_one_line(capsys):
 def test_device_fields_take_cuda_n():
     from pipeline.config import load_detect_config
     from pipeline.errors import ConfigError
-    from pipeline.training.config import TrainConfig
+    from pipeline.training.config import load_train_config
 
     assert (
         load_detect_config("default", {"inference.device": "cuda:1"}).inference.device == "cuda:1"
     )
-    assert TrainConfig.model_validate({"data": {}, "device": "cuda:2"}).device == "cuda:2"
+    scene = {"optical": "o.tif", "sar": "s.tif", "label": "l.tif", "train": [{"window": "0:8,0:8"}]}
+    train = {"data": {"scenes": [scene]}, "device": "cuda:2"}
+    assert load_train_config(train, None).device == "cuda:2"
+    with pytest.raises(ConfigError, match="device"):
+        load_train_config({**train, "device": "gpu"}, None)
     with pytest.raises(ConfigError, match="inference.device"):
         load_detect_config("default", {"inference.device": "cuda:x"})
