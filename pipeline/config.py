@@ -5,16 +5,38 @@ Every section forbids unknown keys, so a typo names the field instead of being i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from m2cd.config import CONFIG_ROOT, ConfigSection, deep_merge, dotted_to_nested
 from pipeline.errors import ConfigError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _device_name(value: str) -> str:
+    """`auto|cpu|cuda|cuda:N` (the forms `pipeline.engine.device.resolve_device` takes); whether
+    that GPU exists is checked when the device is resolved, at plan time."""
+    if not _DEVICE.fullmatch(value):
+        raise ValueError("Input should be 'auto', 'cpu' or 'cuda' (or 'cuda:N' for GPU N)")
+    return value
+
+
+DeviceName = Annotated[str, AfterValidator(_device_name)]
+"""A device field of a config: auto, cpu, cuda or cuda:N (a second GPU is `cuda:1`)."""
 
 CONFIG_DIR = CONFIG_ROOT  # configs/ of the checkout, or the installed package data
 
@@ -111,7 +133,7 @@ class InferenceConfig(ConfigSection):
     """Where and how the model runs."""
 
     batch_size: int = Field(default=8, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceName = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     tta: bool = Field(
@@ -259,5 +281,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. tiling.tile=512")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = str(getattr(exc, "problem", None) or exc).strip()
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
     return out

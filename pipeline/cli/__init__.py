@@ -10,26 +10,35 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import bench, convert, detect, evaluate, synth, train, view
+from pipeline.cli import bench, convert, detect, evaluate, root, synth, train, view
+from pipeline.cli.interrupt import DETECT_HINT, TRAIN_HINT, on_interrupt
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+"""Every command's context: `-h` as well as `--help`, and defaults shown in every help text."""
 
 
 def build_app() -> typer.Typer:
     """A fresh Typer app with every pixel command (a new one per call: tests compose freely)."""
     app = typer.Typer(
         name="m2cd",
-        help="Optical-to-SAR change detection with M²CD: model, scene engine, flows.",
         no_args_is_help=True,
         pretty_exceptions_enable=False,
         add_completion=False,
+        rich_markup_mode=None,
+        context_settings=CONTEXT,
     )
-    app.command("detect")(detect.detect_command)
+    app.callback()(root.root_callback)
+    app.command("detect")(on_interrupt(DETECT_HINT)(detect.detect_command))
     app.command("synth")(synth.synth_command)
-    app.command("train")(train.train_command)
+    app.command("train")(on_interrupt(TRAIN_HINT)(train.train_command))
     app.command("evaluate")(evaluate.evaluate_command)
     app.command("convert-checkpoint")(convert.convert_checkpoint)
     app.command("view")(view.view_command)
     bench_app = typer.Typer(
-        help="Benchmarks (medians, with a baseline measured in the same run).", no_args_is_help=True
+        help="Benchmarks (medians, with a baseline measured in the same run).",
+        no_args_is_help=True,
+        context_settings=CONTEXT,
+        rich_markup_mode=None,
     )
     bench_app.command("model")(bench.bench_model)
     bench_app.command("pipeline")(bench.bench_pipeline)

@@ -45,6 +45,14 @@ def detect_command(
         list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    json_: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the run summary as one JSON object on stdout (for scripts); the plan, "
+            "progress and logs go to stderr.",
+        ),
+    ] = False,
 ) -> None:
     """Detect change between OPTICAL (pre-event) and SAR (post-event); products go to OUT."""
     # inside the command: pipeline.config imports m2cd, which imports torch (~5 s of `m2cd --help`)
@@ -73,7 +81,11 @@ def detect_command(
         config=cfg,
         overwrite=overwrite,
     )
-    summary = detect(request, progress=progress, workers=workers, echo=typer.echo)
+    echo = (lambda line: typer.echo(line, err=True)) if json_ else typer.echo
+    summary = detect(request, progress=progress, workers=workers, echo=echo)
+    if json_:
+        typer.echo(summary.model_dump_json())
+        return
     area = f", {summary.changed_km2:.4f} km² changed" if summary.changed_km2 is not None else ""
     typer.echo(
         f"done in {summary.seconds:.1f} s: {summary.tiles_run} tile runs "

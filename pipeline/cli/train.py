@@ -39,7 +39,9 @@ DEFAULT_RECIPE = "finetune"  # configs/train/finetune.yaml: the default fine-tun
 def train_command(
     config: Annotated[
         str | None,
-        typer.Option("--config", "-c", help="Recipe YAML (or a name in configs/train/)."),
+        typer.Option(
+            "--config", "-c", help="Recipe YAML (or a name in configs/train/) [finetune]."
+        ),
     ] = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Run directory (best/, last/, metrics.jsonl).")
@@ -59,17 +61,32 @@ def train_command(
         list[str] | None, typer.Option(help="R0:R1,C0:C1 window to validate on (repeatable).")
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Model config name, e.g. siam_r18, tiny.")
+        str | None,
+        typer.Option(
+            help="Model config name, e.g. siam_r18, tiny [the recipe's; finetune: m2cd_mit_b0 from the shipped model; another name trains from scratch]."
+        ),
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Training steps (last stage).")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Training steps (last stage) [the recipe's; finetune: 300].")
+    ] = None,
     init: Annotated[
         str | None,
-        typer.Option(help="Start the last stage from this checkpoint (e.g. a pretraining's best)."),
+        typer.Option(
+            help="Start the last stage from this checkpoint (e.g. a pretraining's best) [none: random init]."
+        ),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Chips per step.")] = None,
-    tile: Annotated[int | None, typer.Option(help="Chip size in pixels.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Chips per step [the recipe's; finetune: 8].")
+    ] = None,
+    tile: Annotated[
+        int | None, typer.Option(help="Chip size in pixels [the recipe's; finetune: 128].")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed [the recipe's; finetune: 0].")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N [the recipe's; finetune: auto].")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
     set_: Annotated[
         list[str] | None,
@@ -80,7 +97,9 @@ def train_command(
     import json
 
     # inside the command: these import torch (~5 s that `m2cd --help` does not need)
-    from pipeline.config import parse_overrides
+    from pydantic import ValidationError
+
+    from pipeline.config import format_validation_error, parse_overrides
     from pipeline.errors import ConfigError
     from pipeline.training.config import load_train_config
     from pipeline.training.trainer import train
@@ -133,7 +152,10 @@ def train_command(
             update["init"] = None  # the shipped weights fit the recipe's model, not another one
             typer.echo(f"--model {model}: training from scratch (no --init given)", err=True)
         cfg = cfg.model_copy(update={"stages": [*cfg.stages[:-1], last.model_copy(update=update)]})
-        cfg = type(cfg).model_validate(cfg.model_dump())
+        try:
+            cfg = type(cfg).model_validate(cfg.model_dump())
+        except ValidationError as exc:  # e.g. --steps 0: name the flag's field, no traceback
+            raise ConfigError(format_validation_error(exc, "command line")) from None
     result = train(cfg, out, resume=resume)
     typer.echo(
         json.dumps(

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import errno
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from pipeline.engine.block import pending_blocks, run_block
 from pipeline.engine.finalize import RunSummary, finalize_run, summary_from_manifest
 from pipeline.engine.plan import RunPlan, plan_run, read_manifest
 from pipeline.engine.request import DetectRequest
-from pipeline.errors import OutputError
+from pipeline.errors import ConfigError, OutputError
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
@@ -42,6 +43,8 @@ def detect(
     echo: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Plan, run every pending block in this process (`workers` threads), then finalize."""
+    if workers < 1:
+        raise ConfigError(f"--workers: must be at least 1 (got {workers})")
     try:
         return _detect(request, progress, workers, echo)
     except OSError as exc:
@@ -87,14 +90,39 @@ def run_pool(plan: RunPlan, todo: list[int], workers: int, update: Callable[[int
     Threads, not processes: no second model in memory, and every forward keeps this process's
     intra-op thread count, which is what keeps the products byte-identical to a 1-worker run
     (CPU kernels split their reductions by thread count). Separate processes are Dask's job.
+
+    Stopping (Ctrl-C, or a block that failed): queued blocks are cancelled and running ones give up
+    at their next batch (`tick` raises), so the pool is gone within about one batch, not after
+    every remaining block; their markers are never written, so a rerun redoes exactly those.
     """
     lock = threading.Lock()
+    stop = threading.Event()
 
     def tick(n: int) -> None:
+        if stop.is_set():
+            raise RunStopped("the run is stopping")
         with lock:
             update(n)
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="m2cd-block") as ex:
+    ex = ThreadPoolExecutor(workers, thread_name_prefix="m2cd-block")
+    try:
         futures = [ex.submit(run_block, plan, i, tick) for i in todo]
         for fut in as_completed(futures):
             fut.result()
+    except BaseException as exc:
+        stop.set()
+        if isinstance(exc, KeyboardInterrupt):
+            _ignore_sigint()  # a second Ctrl-C while threads wind down would abort in C++
+        ex.shutdown(wait=True, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
+
+
+class RunStopped(Exception):
+    """Raised inside a running block when the pool stops; never reaches the user (the cause of
+    the stop is what is re-raised)."""
+
+
+def _ignore_sigint() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

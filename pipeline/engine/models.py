@@ -95,6 +95,11 @@ def describe_model(checkpoint: str | None = None, name: str | None = None) -> Mo
     if checkpoint is not None:
         return ModelRef(checkpoint=checkpoint, digest=_checked_digest(checkpoint))
     assert name is not None  # exactly one of the two, checked above
+    if name not in m2cd.available_configs():
+        raise ConfigError(
+            f"--model: unknown model config {name!r}; choose one of "
+            f"{', '.join(m2cd.available_configs())} (or give --checkpoint)"
+        )
     with cache_lock:
         if name in _described:  # deterministic (fixed seed): build and hash once per process
             return _described[name]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from m2cd.config import CONFIG_ROOT, ConfigSection
-from pipeline.config import DetectConfig, load_validated
+from pipeline.config import DetectConfig, DeviceName, load_validated
 from pipeline.errors import ConfigError
 
 TRAIN_CONFIG_DIR = CONFIG_ROOT / "train"
@@ -219,7 +219,7 @@ class TrainConfig(ConfigSection):
         default_factory=DetectConfig, description="Normalisation shared with inference."
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceName = "auto"
     val_every: int = Field(default=1000, ge=1)
     checkpoint_every: int = Field(default=1000, ge=1)
     log_every: int = Field(default=50, ge=1)
