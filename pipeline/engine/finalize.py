@@ -61,6 +61,7 @@ def _product_metadata(plan: RunPlan) -> ProductMetadata:
         config_hash=plan.config_hash,
         run_key=plan.run_key,
         resampling=plan.resampling,
+        sar_units=plan.sar_units or plan.config.sar.units,
         created=plan.created,
     )
 

@@ -58,6 +58,9 @@ class ProductMetadata(BaseModel):
     resampling: str | None = Field(
         default=None, description="How SAR was put on the optical grid; None when grids matched."
     )
+    sar_units: str | None = Field(
+        default=None, description="SAR units the run used (resolved when the config said auto)."
+    )
     optical_datetime: datetime | None = Field(default=None, description="Pre-event acquisition.")
     sar_datetime: datetime | None = Field(default=None, description="Post-event acquisition.")
     created: datetime = Field(

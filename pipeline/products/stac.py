@@ -191,6 +191,7 @@ def build_item(
         "m2cd:config_hash": meta.config_hash,
         "m2cd:run_key": meta.run_key,
         "m2cd:resampling": meta.resampling,
+        "m2cd:sar_units": meta.sar_units,
         "m2cd:changed_pixels": summary.changed_px,
         "m2cd:changed_area_m2": summary.changed_m2,
         "m2cd:polygon_count": summary.polygon_count,

@@ -11,7 +11,7 @@ from pipeline.engine.plan import plan_run
 from pipeline.engine.request import DetectRequest
 from pipeline.errors import OutputExistsError
 from pipeline.products import PRODUCT_FILES
-from tests.pipeline.engine_support import write_pair
+from tests.pipeline.engine.support import write_pair
 
 
 @pytest.fixture(scope="module")

@@ -66,3 +66,22 @@ def test_a_two_band_sar_scene_through_the_one_band_model_is_refused(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "sar.bands=[1]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_detect_with_no_model_flag_maps_with_the_shipped_model_and_records_sar_units(tmp_path):
+    from pipeline.synth import synth_pair
+
+    scene = synth_pair(tmp_path / "s", size=(96, 96), seed=2, sar_bands=1)
+    out = tmp_path / "o"
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "detect", str(scene.optical), str(scene.sar),
+         "--out", str(out), "--set", "optical.bands=[3,2,1]", "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "SAR units" in proc.stdout + proc.stderr and "threshold 0.4" in proc.stdout + proc.stderr
+    item = json.loads((out / "item.json").read_text())
+    assert item["properties"]["m2cd:model_digest"] == META["digest"]
+    assert item["properties"]["m2cd:sar_units"] in {"db", "linear"}
+    run = json.loads((out / "run.json").read_text())
+    assert run["plan"]["sar_units"] == item["properties"]["m2cd:sar_units"]

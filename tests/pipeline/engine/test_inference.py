@@ -1,6 +1,6 @@
 """Blending one block at a time: byte-identical across block sizes and batch fill, no seams, nodata.
 
-Uses a test-local smooth model (tests/pipeline/engine_support.py) that follows the model contract,
+Uses a test-local smooth model (tests/pipeline/engine/support.py) that follows the model contract,
 so seams and stitching errors are measurable; the full model runs in test_engine_run.py.
 """
 
