@@ -26,6 +26,8 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.engine.device import cpu_has_native_bf16
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -135,11 +137,19 @@ def run(
         "reference_max_abs_diff": counts["max_abs_diff"],
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
+    # bf16 on a CPU without native BF16 is emulated: minutes per run and no figure worth having
+    # (an AVX2-only EPYC took 15 min for `m2cd bench model`), so it is skipped and said so.
+    native_bf16 = dev.type == "cuda" or cpu_has_native_bf16()
+    precisions: list[tuple[str, torch.dtype | None]] = [("fp32", None)]
+    if native_bf16:
+        precisions.append(("bf16", torch.bfloat16))
+    else:
+        result["bf16_skipped"] = f"no native BF16 on this CPU ({_cpu_capability()}): emulated"
     peaks = {
-        "fp32": matmul_peak_gflops(dev, torch.float32, repeats),
-        "bf16": matmul_peak_gflops(dev, torch.bfloat16, repeats),
+        label: matmul_peak_gflops(dev, dtype or torch.float32, repeats)
+        for label, dtype in precisions
     }
-    for label, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+    for label, dtype in precisions:
         sec = _median_seconds(forward(dtype), dev, repeats, warmup)
         result[label] = {
             "seconds_per_batch": sec,
@@ -155,6 +165,10 @@ def run(
     result["peak_fraction"] = result["fp32"]["model_peak_fraction"]
     result["peak_fraction_flops"] = "model"
     return result
+
+
+def _cpu_capability() -> str:
+    return str(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")())
 
 
 def _device_name(dev: torch.device) -> str:
@@ -175,6 +189,9 @@ def format_table(r: dict[str, Any]) -> str:
         f"{'model frac':>12}{'exec frac':>11}",
     ]
     for label in ("fp32", "bf16"):
+        if label not in r:
+            lines.append(f"{label:6}skipped: {r.get('bf16_skipped', '')}")
+            continue
         x = r[label]
         lines.append(
             f"{label:6}{x['pairs_per_s']:9.2f}{x['model_gflops']:12.1f}{x['executed_gflops']:11.1f}"
