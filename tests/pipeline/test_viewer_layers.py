@@ -72,9 +72,9 @@ def test_server_serves_the_page_leaflet_and_layers_and_nothing_outside(tmp_path:
 
 
 def test_view_is_an_m2cd_command_and_refuses_a_dir_without_products(tmp_path: Path) -> None:
-    from pipeline.cli import register
+    from pipeline.cli import build_app
 
-    result = CliRunner().invoke(register(), ["view", "--help"])
+    result = CliRunner().invoke(build_app(), ["view", "--help"])
     assert result.exit_code == 0 and "OUT directory" in result.output
     with pytest.raises(InputError, match="change_mask.tif"):
         build_layers(tmp_path)
