@@ -5,9 +5,10 @@
 2. run the **detect-scene** flow on it with `model=promoted` on an empty registry, which uses the
    shipped default model, and score the flood mask against the EMS masks;
 3. fine-tune the shipped model through the **retrain** flow on the left 30 % of the mosaic's
-   columns (the `finetune` recipe, a short budget), which registers and promotes it;
-4. detect again with `model=promoted` and score both models on the other 70 % of the columns:
-   the gain of fine-tuning on labels from the same events.
+   columns (the `finetune` recipe, a short budget), which registers it and promotes it only if it
+   beats the shipped model on the held-out part of those columns;
+4. detect again with the fine-tuned model and score both models on the other 70 % of the
+   columns: the gain of fine-tuning on labels from the same events.
 
 No PREFECT_API_URL is used: Prefect starts its temporary server itself, with its database under
 OUT/.prefect. Output goes to ./demo-out (or --out).
@@ -118,16 +119,21 @@ def run_demo(
     from flows.retrain import retrain
 
     registry = out / "registry"
+
+    def detect(name: str, model: str = "promoted"):
+        """detect-scene on the mosaic (`promoted`: what the service would run now)."""
+        return detect_scene(
+            optical=str(scene.optical),
+            sar=str(scene.sar),
+            output=str(out / name),
+            model=model,
+            registry=str(registry),
+            overrides=CHIP_TILES,
+            overwrite=True,
+        )
+
     print("[demo] detect-scene with model=promoted (none yet: the shipped model) ...", flush=True)
-    shipped = detect_scene(
-        optical=str(scene.optical),
-        sar=str(scene.sar),
-        output=str(out / "shipped"),
-        model="promoted",
-        registry=str(registry),
-        overrides=CHIP_TILES,
-        overwrite=True,
-    )
+    shipped = detect("shipped")
     mask = shipped.products["change_mask.tif"]
     whole = _scores(mask, str(scene.label), (0, height, 0, width))
     before = _scores(mask, str(scene.label), held_out)
@@ -142,25 +148,24 @@ def run_demo(
         recipe="finetune",
         data=str(_data_spec(scene, width, height, out / "labels.yaml")),
         overrides={
-            "stages": [{"name": "main", "model": "m2cd_mit_b0", "steps": steps, "init": "shipped"}]
+            "stages": [{"name": "main", "model": "m2cd_mit_b0", "steps": steps, "init": "shipped"}],
+            "progress": False,
         },
         registry=str(registry),
         work_dir=tempfile.mkdtemp(dir=out / "train", prefix="run-"),
     )
+    verdict = (
+        "promoted"
+        if trained.promoted
+        else f"not promoted: the {trained.incumbent_source} model stays in service"
+    )
     print(
         f"[demo] retrain: model {trained.digest[:19]} validation F1 "
-        f"{trained.metrics.get('f1', 0):.3f} ({'promoted' if trained.promoted else 'not promoted'})",
+        f"{trained.metrics.get('f1', 0):.3f} against the {trained.incumbent_source} model's "
+        f"{(trained.incumbent_metrics or {}).get('f1', 0):.3f} ({verdict})",
         flush=True,
     )
-    tuned = detect_scene(
-        optical=str(scene.optical),
-        sar=str(scene.sar),
-        output=str(out / "finetuned"),
-        model="promoted",
-        registry=str(registry),
-        overrides=CHIP_TILES,
-        overwrite=True,
-    )
+    tuned = detect("finetuned", model=trained.digest)  # the candidate, promoted or not
     after = _scores(tuned.products["change_mask.tif"], str(scene.label), held_out)
 
     print(f"\n[demo] products in {shipped.out} and {tuned.out}:")
