@@ -78,6 +78,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "m2cd_mit_b0": ("m2cd_mit_b0", {}),
     "m2cd_mit_b0_o2sp": ("m2cd_mit_b0", {"o2sp.enabled": True}),
 }
+# the user's one-command path (`m2cd train --optical A --sar B --label L --train-window W`): the
+# recipe's own model and start (finetune.yaml: the shipped model), the last 20 % of each window
+# held out, and the threshold the trainer fits there and stores in the checkpoint
+DEFAULTS = "defaults"
 
 
 def train_mask(shape: tuple[int, int], windows: list[tuple[int, int, int, int]]) -> np.ndarray:
@@ -178,6 +182,23 @@ def run_baselines(cache: Path, out: Path) -> None:
 # fine-tuning
 
 
+def held_out_windows(
+    windows: list[tuple[int, int, int, int]],
+) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int, int]]]:
+    """The CLI's split of training windows when no --val-window is given (pipeline.cli.train)."""
+    from pipeline.cli.train import HELD_OUT, hold_out
+    from pipeline.training.config import parse_window
+
+    train, val = hold_out([f"{r0}:{r1},{c0}:{c1}" for r0, r1, c0, c1 in windows], HELD_OUT)
+    return [parse_window(w) for w in train], [parse_window(w) for w in val]
+
+
+def stored_threshold(checkpoint: Path) -> float:
+    """The decision threshold the trainer fitted on the held-out windows (0.5 when none)."""
+    meta = json.loads((Path(checkpoint) / "checkpoint.json").read_text())
+    return float(meta.get("provenance", {}).get("threshold", 0.5))
+
+
 def areas_of(arr: dict[str, np.ndarray], windows: list[tuple[int, int, int, int]], name: str):
     return [
         LabelledArea(
@@ -248,9 +269,13 @@ def run_finetune(
     for name in scenes:
         arr = load_cached(cache, name)
         s = SCENES[name]
-        train_areas = areas_of(arr, s["train"], name)
         for variant in variants:
-            model_name, overrides = VARIANTS[variant]
+            user_path = variant == DEFAULTS
+            train_windows, val_windows = (
+                held_out_windows(s["train"]) if user_path else (s["train"], [])
+            )
+            train_areas = areas_of(arr, train_windows, name)
+            val_areas = areas_of(arr, val_windows, name)
             for seed in seeds:
                 folder = f"{data_root}/{s['folder']}"
                 over: dict[str, Any] = {
@@ -261,30 +286,32 @@ def run_finetune(
                             "optical": f"{folder}/{s['optical']}",
                             "sar": f"{folder}/{s['sar']}",
                             "label": f"{folder}/gt.png",
-                            "train": [{"window": list(w)} for w in s["train"]],
+                            "train": [{"window": list(w)} for w in train_windows],
+                            "val": [{"window": list(w)} for w in val_windows],
                         }
                     ],
                 }
                 cfg = load_train_config(recipe, {**over, **(sets or {})})
-                stage = cfg.stages[-1].model_copy(
-                    update={
-                        "model": model_name,
-                        "model_overrides": overrides,
-                        **({"steps": steps} if steps else {}),
-                    }
-                )
+                update: dict[str, Any] = {"steps": steps} if steps else {}
+                if not user_path:
+                    model_name, overrides = VARIANTS[variant]
+                    update |= {"model": model_name, "model_overrides": overrides}
+                stage = cfg.stages[-1].model_copy(update=update)
                 cfg = cfg.model_copy(update={"stages": [stage]})
                 run_dir = workdir / name / f"{variant}{tag}" / f"seed{seed}"
                 t0 = time.time()
-                result = train(cfg, run_dir, areas=(train_areas, []), resume=True)
+                result = train(cfg, run_dir, areas=(train_areas, val_areas), resume=True)
                 seconds = time.time() - t0
                 device = resolve_device(cfg.device)
                 model = m2cd.load_checkpoint(result.best, map_location=device)
                 amp = autocast_dtype(device, cfg.precision)
                 for tta in (False, True) if with_tta else (False,):
                     prob = predict_probability(model, arr, device, amp, tta=tta)
-                    fitted = fit_threshold(prob, arr)
-                    for suffix, threshold in (("", 0.5), ("_cal", fitted)):
+                    if user_path:  # what `m2cd detect` would use: the checkpoint's threshold
+                        cuts = [("", stored_threshold(result.best))]
+                    else:
+                        cuts = [("", 0.5), ("_cal", fit_threshold(prob, arr))]
+                    for suffix, threshold in cuts:
                         pred = (prob >= threshold).astype(np.uint8)
                         rec = {
                             "kind": "finetune",
@@ -408,7 +435,10 @@ def finetune_command(
     workdir: Path = typer.Option(Path("runs/real/train")),
     recipe: str = typer.Option("configs/train/finetune.yaml"),
     scenes: str = typer.Option(",".join(SCENES)),
-    variants: str = typer.Option("siam_r18,m2cd_r18,m2cd_r18_o2sp"),
+    variants: str = typer.Option(
+        "siam_r18,m2cd_r18,m2cd_r18_o2sp",
+        help=f"ablation variants, or {DEFAULTS!r}: the one-command fine-tune as a user runs it",
+    ),
     seeds: str = typer.Option("0,1,2"),
     steps: int | None = typer.Option(None, help="override the recipe's step budget"),
     set_: list[str] = typer.Option(
