@@ -183,14 +183,21 @@ def run_baselines(cache: Path, out: Path) -> None:
 
 
 def held_out_windows(
-    windows: list[tuple[int, int, int, int]],
+    arr: dict[str, np.ndarray], windows: list[tuple[int, int, int, int]]
 ) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int, int]]]:
-    """The CLI's split of training windows when no --val-window is given (pipeline.cli.train)."""
-    from pipeline.cli.train import HELD_OUT, hold_out
-    from pipeline.training.config import parse_window
+    """The CLI's split of training windows when no --val-window is given (the same rule,
+    pipeline.training.holdout, on the cached label)."""
+    from pipeline.training.holdout import HELD_OUT, hold_out
 
-    train, val = hold_out([f"{r0}:{r1},{c0}:{c1}" for r0, r1, c0, c1 in windows], HELD_OUT)
-    return [parse_window(w) for w in train], [parse_window(w) for w in val]
+    label = arr["label"]
+
+    def share(window: tuple[int, int, int, int]) -> float | None:
+        r0, r1, c0, c1 = window
+        part = label[r0:r1, c0:c1]
+        labelled = int((part != IGNORE).sum())
+        return float((part == 1).sum()) / labelled if labelled else None
+
+    return hold_out(windows, HELD_OUT, share)
 
 
 def stored_threshold(checkpoint: Path) -> float:
@@ -272,7 +279,7 @@ def run_finetune(
         for variant in variants:
             user_path = variant == DEFAULTS
             train_windows, val_windows = (
-                held_out_windows(s["train"]) if user_path else (s["train"], [])
+                held_out_windows(arr, s["train"]) if user_path else (s["train"], [])
             )
             train_areas = areas_of(arr, train_windows, name)
             val_areas = areas_of(arr, val_windows, name)

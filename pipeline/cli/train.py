@@ -7,30 +7,17 @@ from typing import Annotated, Any
 
 import typer
 
-HELD_OUT = 0.2
 
-
-def hold_out(windows: list[str], fraction: float) -> tuple[list[str], list[str]]:
-    """Split each 'R0:R1,C0:C1' window along its longer side: the last ``fraction`` validates.
-
-    A one-command fine-tune has no validation windows, yet the decision threshold must be fitted
-    on pixels the model did not train on (fitted on training pixels it stays near 0.5, which
-    missed most of a real flood: recall 0.23).
-    """
+def held_out_windows(label: str, windows: list[str]) -> tuple[list[str], list[str]]:
+    """The training windows split for validation (pipeline.training.holdout), as CLI strings."""
+    # deferred: pipeline.training imports rasterio and torch, which `m2cd --help` does not need
     from pipeline.training.config import parse_window
+    from pipeline.training.holdout import HELD_OUT, hold_out, label_change_share
 
-    train, val = [], []
-    for text in windows:
-        r0, r1, c0, c1 = parse_window(text)
-        if r1 - r0 >= c1 - c0:
-            cut = r1 - max(1, round((r1 - r0) * fraction))
-            train.append(f"{r0}:{cut},{c0}:{c1}")
-            val.append(f"{cut}:{r1},{c0}:{c1}")
-        else:
-            cut = c1 - max(1, round((c1 - c0) * fraction))
-            train.append(f"{r0}:{r1},{c0}:{cut}")
-            val.append(f"{r0}:{r1},{cut}:{c1}")
-    return train, val
+    parsed = [parse_window(w) for w in windows]
+    train, val = hold_out(parsed, HELD_OUT, label_change_share(label, parsed))
+    text = [f"{r0}:{r1},{c0}:{c1}" for r0, r1, c0, c1 in train + val]
+    return text[: len(train)], text[len(train) :]
 
 
 DEFAULT_RECIPE = "finetune"  # configs/train/finetune.yaml: the default fine-tuning recipe
@@ -113,9 +100,9 @@ def train_command(
             )
         train_windows, val_windows = list(train_window), list(val_window or [])
         if not val_windows:  # the threshold and the best checkpoint need labelled held-out pixels
-            train_windows, val_windows = hold_out(train_windows, HELD_OUT)
+            train_windows, val_windows = held_out_windows(label, train_windows)
             typer.echo(
-                f"no --val-window: validating on the last {HELD_OUT:.0%} of each training window "
+                "no --val-window: validating on a fifth of each training window "
                 f"({', '.join(val_windows)})",
                 err=True,
             )

@@ -22,6 +22,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import m2cd
-from m2cd.checkpoint import update_provenance
+from m2cd.checkpoint import read_checkpoint_meta, update_provenance
 from m2cd.pretrained import DEFAULT_MODEL, shipped_checkpoint
 from pipeline.engine.device import autocast_dtype, resolve_device
 from pipeline.errors import ConfigError, InputError
@@ -159,6 +160,14 @@ def record_threshold(
     )
     prob = np.concatenate([p.ravel() for p, _ in pairs])
     label = np.concatenate([lab.ravel() for _, lab in pairs])
+    if not (label == 1).any():  # F1 is 0 at every cut: a "fitted" 0.5 would be a guess
+        kept = read_checkpoint_meta(checkpoint).get("provenance", {}).get("threshold", 0.5)
+        warnings.warn(
+            f"{checkpoint}: the validation windows hold no change, so no threshold was fitted; "
+            f"detect uses {kept}",
+            stacklevel=2,
+        )
+        return {}
     threshold, f1_by_threshold = fit_threshold(prob, label)
     fitted = {"threshold": threshold, "threshold_val_f1": round(f1_by_threshold[threshold], 4)}
     update_provenance(checkpoint, fitted)
