@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pystac
+import pytest
 import rasterio
 from pystac.validation.stac_validator import GetSchemaError, JsonSchemaSTACValidator
 from rasterio.crs import CRS
@@ -144,20 +145,41 @@ def write_scene_products(
     cfg: ProductConfig | None = None,
     mask: np.ndarray | None = None,
     chunk: int = CHUNK,
+    optical: str | Path | None = None,
     **meta_extra: Any,
 ) -> dict[str, Any]:
     """The scene setup every product test shares: a finished store of `mask` (default
-    `change_mask()`), an optical GeoTIFF on the grid, and `write_products` into `root/out`.
+    `change_mask()`), an optical GeoTIFF on the grid (or `optical`, reused: its path is in
+    item.json), and `write_products` into `root/out`; `meta_extra` goes to `metadata`.
 
     Returns {"grid", "root", "store" (Path), "dir" (the OUT Path), "out" (asset → URI)}.
     """
     mask = change_mask() if mask is None else mask
     root.mkdir(parents=True, exist_ok=True)
     store = write_store(root / "change.zarr", grid, mask, change_probability(mask), chunk=chunk)
-    optical = write_optical(root / "optical.tif", grid, shape=mask.shape)
-    meta = metadata(grid, optical, shape=mask.shape, **meta_extra)
+    if optical is None:
+        optical = write_optical(root / "optical.tif", grid, shape=mask.shape)
+    meta = metadata(grid, str(optical), shape=mask.shape, **meta_extra)
     out = write_products(store, str(root / "out"), meta, cfg or ProductConfig())
     return {"grid": grid, "root": root, "store": Path(store), "dir": root / "out", "out": out}
+
+
+GRIDS = {"utm": UTM, "wgs84": WGS84, "plain": PLAIN}
+_SHARED: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def shared_scene_products(
+    factory: pytest.TempPathFactory, grid: str, cfg: ProductConfig | None = None
+) -> dict[str, Any]:
+    """`write_scene_products` of the default scene on GRIDS[grid], written once per test session
+    for each (grid, config) and shared between modules (the COG and Zarr tests ask for the same
+    run, so do the vector and viewer tests). Read-only: a test that changes a file must write
+    its own with `write_scene_products`."""
+    cfg = cfg or ProductConfig()
+    key = (grid, cfg.model_dump_json())
+    if key not in _SHARED:
+        _SHARED[key] = write_scene_products(factory.mktemp(f"scene-{grid}"), GRIDS[grid], cfg)
+    return _SHARED[key]
 
 
 STAC_SCHEMAS = Path(__file__).parents[1] / "data" / "stac_schemas"

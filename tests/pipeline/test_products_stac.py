@@ -20,7 +20,7 @@ import shapely
 from shapely.geometry import shape
 
 from pipeline.config import ProductConfig
-from pipeline.products import stac, write_products
+from pipeline.products import stac
 from pipeline.products.metadata import redact_uri
 from pipeline.products.model_info import model_info
 from pipeline.products.stac import ChangeSummary, build_item, write_item
@@ -30,13 +30,12 @@ from tests.pipeline.products_support import (
     UTM,
     WGS84,
     change_mask,
-    change_probability,
     metadata,
     offline_stac_validation,
+    shared_scene_products,
     write_optical,
     write_sar,
     write_scene_products,
-    write_store,
 )
 
 PROJ_SCHEMA = stac.PROJECTION_EXTENSION
@@ -140,10 +139,9 @@ def test_redact_uri_strips_userinfo_and_signed_queries() -> None:
 
 def test_written_products_carry_no_credentials(tmp_path: Path) -> None:
     mask = change_mask()
-    store = write_store(tmp_path / "change.zarr", UTM, mask, change_probability(mask))
-    optical = write_optical(tmp_path / "optical.tif", UTM)
-    meta = metadata(UTM, optical, sar_uri=f"s3://AKIAEXAMPLE:{SECRET}@bucket/s1.tif?token={SECRET}")
-    out = write_products(store, str(tmp_path / "out"), meta, ProductConfig(wgs84_geojson=True))
+    sar_uri = f"s3://AKIAEXAMPLE:{SECRET}@bucket/s1.tif?token={SECRET}"
+    cfg = ProductConfig(wgs84_geojson=True)
+    out = write_scene_products(tmp_path, UTM, cfg, mask=mask, sar_uri=sar_uri)["out"]
     assert Path(out["polygons_wgs84"]).name == "change_wgs84.geojson"
     item = json.loads(Path(out["item"]).read_text())
     assert item["assets"]["polygons_wgs84"]["href"] == "./change_wgs84.geojson"
@@ -161,7 +159,7 @@ def test_written_products_carry_no_credentials(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One write_products run on the UTM scene (no acquisition dates known), shared here."""
-    run = write_scene_products(tmp_path_factory.mktemp("stac"), UTM)
+    run = shared_scene_products(tmp_path_factory, "utm")
     return {"item": json.loads(Path(run["out"]["item"]).read_text()), **run}
 
 
