@@ -240,7 +240,7 @@ def _config_weights(name: str) -> WeightsInfo:
     )
 
 
-def _section(kind: type, recorded: Any, run: Any) -> Any:
+def _section(kind: type[BaseModel], recorded: Any, run: Any) -> Any:
     """The normalisation the checkpoint was trained with, else the run's."""
     if isinstance(recorded, dict):
         fields = {k: v for k, v in recorded.items() if k in kind.model_fields}
@@ -261,7 +261,11 @@ def _names(recorded: Any, run_bands: list[int] | None, channels: int, prefix: st
 
 def _optical_input(cfg: OpticalConfig, bands: list[str], channels: int) -> InputInfo:
     top = cfg.max_reflectance
-    scale = "the dtype's default (10000 for 16-bit integers)" if cfg.scale == "auto" else cfg.scale
+    scale = (
+        "a scale by dtype: 10000 for 16-bit integers, 1 for floats"
+        if cfg.scale == "auto"
+        else cfg.scale
+    )
     return InputInfo(
         name="optical (pre-event)",
         bands=bands,
