@@ -19,6 +19,7 @@ from pipeline.engine.plan import MANIFEST, STAGING_DIR, STORE, RunPlan, read_man
 from pipeline.errors import InputError, M2CDError, OutputExistsError
 from pipeline.io import storage
 from pipeline.products import ProductMetadata, write_products
+from pipeline.products.model_info import model_info
 
 
 class RunIncompleteError(M2CDError):
@@ -62,6 +63,9 @@ def _product_metadata(plan: RunPlan) -> ProductMetadata:
         run_key=plan.run_key,
         resampling=plan.resampling,
         sar_units=plan.sar_units or plan.config.sar.units,
+        model=model_info(
+            plan.model.checkpoint, plan.model.name, plan.model.digest, plan.config, plan.sar_units
+        ),
         created=plan.created,
     )
 

@@ -47,13 +47,13 @@ class ModelRef(BaseModel):
 
 
 def state_digest(model: nn.Module) -> str:
-    """SHA-256 of the parameters and buffers (names, dtypes, shapes, bytes) in state-dict order."""
-    h = hashlib.sha256()
-    for key, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(-1).view(dtype=torch.uint8).numpy().tobytes())
-    return "sha256:" + h.hexdigest()
+    """SHA-256 of the weights serialised exactly as `m2cd.save_checkpoint` writes them (safetensors,
+    fp32, no metadata): a named model and the same weights saved as a checkpoint carry one digest,
+    so their products (the COGs' M2CD_MODEL_DIGEST tag included) are byte-identical."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return "sha256:" + hashlib.sha256(save(state)).hexdigest()
 
 
 _cache: OrderedDict[tuple[str, str], nn.Module] = OrderedDict()

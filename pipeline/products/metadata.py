@@ -15,6 +15,8 @@ import numpy as np
 from affine import Affine
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.products.model_info import ModelInfo
+
 # Query parameters that carry secrets in presigned or token-bearing URLs.
 _SECRET_QUERY = re.compile(
     r"(x-amz-(signature|credential|security-token)|signature|sig|token|access_?key|secret|password|key)=",
@@ -63,6 +65,10 @@ class ProductMetadata(BaseModel):
     )
     optical_datetime: datetime | None = Field(default=None, description="Pre-event acquisition.")
     sar_datetime: datetime | None = Field(default=None, description="Post-event acquisition.")
+    model: ModelInfo | None = Field(
+        default=None,
+        description="The model, as the STAC Item's MLM fields describe it (model_info).",
+    )
     created: datetime = Field(
         default_factory=lambda: datetime.now(UTC),
         description="Pass the plan's time so that a resumed run writes the same item.json.",

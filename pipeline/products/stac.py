@@ -3,7 +3,13 @@
 Geometry and bbox are WGS84 (as STAC requires), computed from the grid's outline densified along
 each edge so a projected scene's curved footprint is followed; the native grid is recorded exactly
 with the projection extension (`proj:code`/`proj:wkt2`, `proj:shape`, `proj:transform`). Asset hrefs
-are relative to the item, so the whole prefix can be moved or copied (staging → final, local → S3).
+are relative to the item, so the whole prefix can be moved or copied (staging → final, local → S3);
+the one exception is the model asset (`mlm:model` role), which points at the weights where the run
+loaded them (the shipped checkpoint inside the package, or the user's, redacted).
+
+Extensions (EXTENSIONS): projection v2.0.0, file v2.1.0 (size and multihash SHA-256 of every
+file asset), classification v2.0.0 (the mask's classes, colours = the COG's palette), processing
+v1.1.0 (lineage, software) and MLM v1.4.0 (the model, from its checkpoint: `model_info`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +31,10 @@ from pystac.extensions.projection import ProjectionExtension
 from shapely.geometry import mapping
 from shapely.geometry.polygon import orient
 
+from pipeline.products.cog import MASK_CLASSES as MASK_CLASS_NAMES
+from pipeline.products.cog import MASK_COLORS
 from pipeline.products.metadata import ProductMetadata
+from pipeline.products.model_info import InputInfo, ModelInfo
 
 
 @dataclass(frozen=True)
@@ -84,18 +94,30 @@ ASSETS: dict[str, AssetSpec] = {
 FILE_EXTENSION = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
 CLASSIFICATION_EXTENSION = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
 PROCESSING_EXTENSION = "https://stac-extensions.github.io/processing/v1.1.0/schema.json"
+PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+MLM_EXTENSION = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
+MODEL_ASSET = "model"
+_MASK_NOTES = {255: "no valid input in one scene or the other"}
+
+
+def _class(value: int) -> dict[str, Any]:
+    """A classification v2 Class Object for a mask value; colour = the COG palette's entry."""
+    label = MASK_CLASS_NAMES[value]
+    red, green, blue, _ = MASK_COLORS[value]
+    entry: dict[str, Any] = {
+        "value": value,
+        "name": label.replace(" ", "_"),
+        "title": label,
+        "description": _MASK_NOTES.get(value, label),
+        "color_hint": f"{red:02X}{green:02X}{blue:02X}",
+    }
+    if value == 255:
+        entry["nodata"] = True
+    return entry
+
+
 # The mask's classes (classification extension): the values of change_mask.tif and `mask`.
-MASK_CLASSES = [
-    {"value": 0, "name": "no_change", "description": "no change", "color_hint": "FFFFFF"},
-    {"value": 1, "name": "change", "description": "change", "color_hint": "E61919"},
-    {
-        "value": 255,
-        "name": "nodata",
-        "description": "no valid input in one scene or the other",
-        "color_hint": "808080",
-        "nodata": True,
-    },
-]
+MASK_CLASSES = [_class(v) for v in sorted(MASK_CLASS_NAMES)]
 SOFTWARE = "m2cd-pipeline"
 
 
@@ -177,12 +199,33 @@ def _add_projection(item: pystac.Item, meta: ProductMetadata) -> None:
     proj.bbox = native_bbox(meta)
 
 
+def item_times(
+    pre: datetime | None, post: datetime | None, created: datetime
+) -> tuple[datetime, datetime | None, datetime | None]:
+    """(datetime, start_datetime, end_datetime) of the Item from the acquisition times.
+
+    The acquisitions span the change: with both known, start/end are the earlier/later one and
+    `datetime` the post-event one. An unknown date (a run may not know it) leaves no interval,
+    and `datetime` falls back to the known one, else the creation time (the one time STAC can be
+    given then).
+    """
+    dates = [d for d in (pre, post) if d is not None]
+    when = post or (dates[0] if dates else created)
+    if len(dates) == 2:
+        return when, min(dates), max(dates)
+    return when, None, None
+
+
 def build_item(
     meta: ProductMetadata, assets: dict[str, Path | None], summary: ChangeSummary
 ) -> pystac.Item:
-    """A STAC Item for the products named in `assets` (keys of ASSETS → local file, if any)."""
+    """A STAC Item for the products named in `assets` (keys of ASSETS → local file, if any).
+
+    The acquisition times are `meta.optical_datetime` (pre) and `meta.sar_datetime` (post);
+    the model is described from `meta.model` (MLM fields and a model asset) when it is set.
+    """
     geometry, bbox = footprint_wgs84(meta)
-    dates = [d for d in (meta.optical_datetime, meta.sar_datetime) if d is not None]
+    when, start, end = item_times(meta.optical_datetime, meta.sar_datetime, meta.created)
     properties: dict[str, Any] = {
         "created": meta.created.isoformat(),
         "m2cd:inputs": {"optical": meta.optical_uri, "sar": meta.sar_uri},
@@ -205,15 +248,13 @@ def build_item(
     }
     if summary.threshold is not None:
         properties["m2cd:threshold"] = summary.threshold
-    # The acquisitions span the change; unknown dates (the run may not know them) fall back to
-    # the creation time, the one time STAC can be given then.
     item = pystac.Item(
         id=item_id(meta.run_key),
         geometry=geometry,
         bbox=bbox,
-        datetime=meta.sar_datetime or (dates[0] if dates else meta.created),
-        start_datetime=min(dates) if len(dates) == 2 else None,
-        end_datetime=max(dates) if len(dates) == 2 else None,
+        datetime=when,
+        start_datetime=start,
+        end_datetime=end,
         properties=properties,
     )
     _add_projection(item, meta)
@@ -234,7 +275,106 @@ def build_item(
             ),
         )
     item.stac_extensions += [FILE_EXTENSION, CLASSIFICATION_EXTENSION, PROCESSING_EXTENSION]
+    if meta.model is not None:
+        _add_model(item, meta.model)
     return item
+
+
+def _add_model(item: pystac.Item, info: ModelInfo) -> None:
+    """The MLM fields (Item properties) and the model asset of the run's model."""
+    optical, sar = info.inputs
+    item.properties.update(
+        {
+            "mlm:name": info.name,
+            "mlm:architecture": info.architecture,
+            "mlm:tasks": ["semantic-segmentation", "change-detection"],
+            "mlm:framework": info.framework,
+            "mlm:framework_version": info.framework_version,
+            "mlm:total_parameters": info.total_parameters,
+            "mlm:pretrained": info.pretrained_source is not None,
+            "mlm:pretrained_source": info.pretrained_source,
+            "mlm:batch_size_suggestion": info.batch_size,
+            # PyTorch runs it on a CPU or a CUDA GPU alike: no accelerator is required
+            "mlm:accelerator": None,
+            "mlm:accelerator_constrained": False,
+            "mlm:accelerator_summary": (
+                "PyTorch on CPU or an NVIDIA GPU (CUDA); this run: inference.device="
+                f"{info.device}, precision={info.precision}"
+            ),
+            "mlm:input": [_mlm_input(optical), _mlm_input(sar)],
+            "mlm:output": [_mlm_output(info)],
+            "mlm:hyperparameters": {
+                "threshold": info.threshold,
+                "threshold_source": info.threshold_source,
+                "tile": info.tile,
+                "overlap": info.overlap,
+                "tta": info.tta,
+            },
+            "m2cd:model_config": info.config_name,
+            "m2cd:model_trained": info.trained,
+        }
+    )
+    if info.training_data is not None:
+        item.properties["m2cd:training_data"] = info.training_data
+    weights = info.weights
+    extra: dict[str, Any] = {
+        "mlm:artifact_type": weights.artifact_type,
+        "bands": [{"name": band} for band in (*optical.bands, *sar.bands)],
+        "m2cd:model_digest": info.digest,
+    }
+    if weights.size is not None:
+        extra["file:size"] = weights.size
+    if weights.sha256 is not None:
+        extra["file:checksum"] = "1220" + weights.sha256
+    roles = ["mlm:model", "mlm:weights", "model", "weights"] if info.trained else None
+    item.add_asset(
+        MODEL_ASSET,
+        pystac.Asset(
+            href=weights.href,
+            media_type=weights.media_type,
+            roles=roles or ["mlm:model", "model", "metadata"],
+            title=weights.title,
+            extra_fields=extra,
+        ),
+    )
+    item.stac_extensions.append(MLM_EXTENSION)
+
+
+def _mlm_input(spec: InputInfo) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "bands": list(spec.bands),
+        "input": {
+            # any tile size: the network pads to its multiple of 32 and crops back
+            "shape": [-1, spec.channels, -1, -1],
+            "dim_order": ["batch", "channel", "height", "width"],
+            "data_type": "float32",
+        },
+        "description": spec.description,
+        "value_scaling": [{"type": "z-score", "mean": spec.mean, "stddev": spec.stddev}],
+        "resize_type": None,
+        "pre_processing_function": {"format": "python", "expression": spec.pre_processing},
+    }
+
+
+def _mlm_output(info: ModelInfo) -> dict[str, Any]:
+    classes = [c for c in MASK_CLASSES if not c.get("nodata")]  # the mask adds nodata itself
+    return {
+        "name": "change logits",
+        "tasks": ["semantic-segmentation", "change-detection"],
+        "result": {
+            "shape": [-1, info.num_classes, -1, -1],
+            "dim_order": ["batch", "class", "height", "width"],
+            "data_type": "float32",
+        },
+        "description": (
+            f"Per-pixel logits of {info.num_classes} classes; softmax class 1 is "
+            "change_prob.tif, change where it is >= the threshold "
+            f"{info.threshold} ({info.threshold_source}): change_mask.tif"
+        ),
+        "classification:classes": classes,
+        "post_processing_function": None,
+    }
 
 
 def file_fields(path: Path | None) -> dict[str, Any]:

@@ -7,15 +7,23 @@ Scenes are 700×900 with 256² chunks, so change regions cross chunk borders (ro
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pystac
+import pytest
 import rasterio
+from pystac.validation.stac_validator import GetSchemaError, JsonSchemaSTACValidator
 from rasterio.crs import CRS
 
+from pipeline.config import ProductConfig
 from pipeline.io.storage import zarr_store
-from pipeline.products import ProductMetadata
+from pipeline.products import ProductMetadata, stac, write_products
 from pipeline.products.zarr_store import create_store, write_region
 
 SHAPE = (700, 900)
@@ -131,30 +139,88 @@ def metadata(
     return ProductMetadata(**(fields | extra))
 
 
+def write_scene_products(
+    root: Path,
+    grid: tuple,
+    cfg: ProductConfig | None = None,
+    mask: np.ndarray | None = None,
+    chunk: int = CHUNK,
+    optical: str | Path | None = None,
+    **meta_extra: Any,
+) -> dict[str, Any]:
+    """The scene setup every product test shares: a finished store of `mask` (default
+    `change_mask()`), an optical GeoTIFF on the grid (or `optical`, reused: its path is in
+    item.json), and `write_products` into `root/out`; `meta_extra` goes to `metadata`.
+
+    Returns {"grid", "root", "store" (Path), "dir" (the OUT Path), "out" (asset → URI)}.
+    """
+    mask = change_mask() if mask is None else mask
+    root.mkdir(parents=True, exist_ok=True)
+    store = write_store(root / "change.zarr", grid, mask, change_probability(mask), chunk=chunk)
+    if optical is None:
+        optical = write_optical(root / "optical.tif", grid, shape=mask.shape)
+    meta = metadata(grid, str(optical), shape=mask.shape, **meta_extra)
+    out = write_products(store, str(root / "out"), meta, cfg or ProductConfig())
+    return {"grid": grid, "root": root, "store": Path(store), "dir": root / "out", "out": out}
+
+
+GRIDS = {"utm": UTM, "wgs84": WGS84, "plain": PLAIN}
+_SHARED: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def shared_scene_products(
+    factory: pytest.TempPathFactory, grid: str, cfg: ProductConfig | None = None
+) -> dict[str, Any]:
+    """`write_scene_products` of the default scene on GRIDS[grid], written once per test session
+    for each (grid, config) and shared between modules (the COG and Zarr tests ask for the same
+    run, so do the vector and viewer tests). Read-only: a test that changes a file must write
+    its own with `write_scene_products`."""
+    cfg = cfg or ProductConfig()
+    key = (grid, cfg.model_dump_json())
+    if key not in _SHARED:
+        _SHARED[key] = write_scene_products(factory.mktemp(f"scene-{grid}"), GRIDS[grid], cfg)
+    return _SHARED[key]
+
+
 STAC_SCHEMAS = Path(__file__).parents[1] / "data" / "stac_schemas"
-# Extension schema URL → vendored file (tests/data/stac_schemas/README.md: sources, licence).
-VENDORED_STAC_SCHEMAS = {
-    "https://stac-extensions.github.io/file/v2.1.0/schema.json": "file-v2.1.0.json",
-    "https://stac-extensions.github.io/processing/v1.1.0/schema.json": "processing-v1.1.0.json",
+# Extension schema URI → our own schema for it (tests/data/stac_schemas/README.md says how they
+# were written): every extension the Item declares, so validation never needs the network.
+OWN_STAC_SCHEMAS = {
+    stac.FILE_EXTENSION: "file-v2.1.0.json",
+    stac.PROCESSING_EXTENSION: "processing-v1.1.0.json",
+    stac.PROJECTION_EXTENSION: "projection-v2.0.0.json",
+    stac.CLASSIFICATION_EXTENSION: "classification-v2.0.0.json",
+    stac.MLM_EXTENSION: "mlm-v1.4.0.json",
 }
 
 
-def offline_stac_validator():
-    """A pystac validator that reads schemas only from pystac's own copies (core Item, GeoJSON)
-    and tests/data/stac_schemas, and raises on any other URL instead of fetching it."""
-    import json as _json
+def own_schema(uri: str) -> dict[str, Any]:
+    return json.loads((STAC_SCHEMAS / OWN_STAC_SCHEMAS[uri]).read_text())
 
-    from pystac.validation.stac_validator import GetSchemaError, JsonSchemaSTACValidator
 
-    class OfflineValidator(JsonSchemaSTACValidator):
-        def _get_schema(self, schema_uri: str) -> dict:
-            if schema_uri not in self.schema_cache:
-                raise GetSchemaError(schema_uri, RuntimeError("not vendored: no network in tests"))
-            return self.schema_cache[schema_uri]
+class OfflineSTACValidator(JsonSchemaSTACValidator):
+    """pystac's JSON-schema validator with its own copies of the core schemas (Item, GeoJSON) and
+    our extension schemas in the cache; any other schema URI raises instead of being fetched."""
 
-    validator = OfflineValidator()
-    for url, name in VENDORED_STAC_SCHEMAS.items():
-        schema = _json.loads((STAC_SCHEMAS / name).read_text())
-        validator.schema_cache[url] = schema
-        validator.schema_cache[url + "#"] = schema
-    return validator
+    def __init__(self) -> None:
+        super().__init__()
+        for uri in OWN_STAC_SCHEMAS:
+            self.schema_cache[uri] = own_schema(uri)
+        self.refused: list[str] = []
+
+    def _get_schema(self, schema_uri: str) -> dict[str, Any]:
+        if schema_uri not in self.schema_cache:
+            self.refused.append(schema_uri)
+            raise GetSchemaError(schema_uri, RuntimeError("no local schema: tests never fetch"))
+        return self.schema_cache[schema_uri]
+
+
+@contextlib.contextmanager
+def offline_stac_validation() -> Iterator[OfflineSTACValidator]:
+    """`item.validate()` through OfflineSTACValidator, pystac's default validator restored after."""
+    validator = OfflineSTACValidator()
+    pystac.validation.set_validator(validator)
+    try:
+        yield validator
+    finally:
+        pystac.validation.set_validator(JsonSchemaSTACValidator())

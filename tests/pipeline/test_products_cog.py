@@ -22,7 +22,8 @@ from tests.pipeline.products_support import (
     change_mask,
     change_probability,
     metadata,
-    write_optical,
+    shared_scene_products,
+    write_scene_products,
     write_store,
 )
 
@@ -34,18 +35,14 @@ MASK = change_mask()
 PROB = change_probability(MASK)
 
 
-def make_products(root: Path, grid: tuple, chunk: int = 256) -> dict[str, str]:
-    store = write_store(root / f"change-{chunk}.zarr", grid, MASK, PROB, chunk=chunk)
-    optical = root / "optical.tif"
-    meta = metadata(grid, str(optical if optical.exists() else write_optical(optical, grid)))
-    return write_products(store, str(root / f"out-{chunk}"), meta, ProductConfig(cog_blocksize=256))
+def make_products(root: Path, grid: tuple, chunk: int = 256, optical: Path | None = None) -> dict:
+    cfg = ProductConfig(cog_blocksize=256)
+    return write_scene_products(root, grid, cfg, chunk=chunk, optical=optical)
 
 
 @pytest.fixture(scope="module", params=list(GRIDS))
 def products(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    grid = GRIDS[request.param]
-    root = tmp_path_factory.mktemp(f"products-{request.param}")
-    return {"grid": grid, "out": make_products(root, grid), "root": root}
+    return shared_scene_products(tmp_path_factory, request.param, ProductConfig(cog_blocksize=256))
 
 
 DEFAULT_PRODUCTS = {
@@ -54,7 +51,7 @@ DEFAULT_PRODUCTS = {
 
 
 def test_every_product_is_published_and_nothing_else(products: dict) -> None:
-    out_dir = products["root"] / "out-256"
+    out_dir = products["dir"]
     assert set(products["out"]) == set(DEFAULT_PRODUCTS)
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(DEFAULT_PRODUCTS.values())
     assert all(Path(uri).is_file() for uri in products["out"].values())
@@ -111,7 +108,8 @@ def test_mask_overviews_are_nearest_and_probability_overviews_average(products: 
 
 
 def test_products_are_byte_identical_for_any_chunk_size(tmp_path: Path) -> None:
-    ref, other = make_products(tmp_path, UTM, 256), make_products(tmp_path, UTM, 128)
+    ref = make_products(tmp_path / "a", UTM, 256)["out"]
+    other = make_products(tmp_path / "b", UTM, 128, optical=tmp_path / "a" / "optical.tif")["out"]
     for key, uri in ref.items():
         assert Path(uri).read_bytes() == Path(other[key]).read_bytes(), key
 
@@ -130,14 +128,10 @@ def test_store_on_another_grid_is_an_input_error(tmp_path: Path) -> None:
 
 
 def test_scene_smaller_than_one_block_gets_valid_products(tmp_path: Path) -> None:
-    mask, prob = MASK[200:250, 230:300], PROB[200:250, 230:300]  # 50×70, all inside CROSSING
+    mask = MASK[200:250, 230:300]  # 50×70, all inside CROSSING
     crs, (a, b, c, d, e, f) = UTM
     grid = (crs, (a, b, c + 230 * a, d, e, f + 200 * e))
-    store = write_store(tmp_path / "change.zarr", grid, mask, prob)
-    meta = metadata(
-        grid, write_optical(tmp_path / "optical.tif", grid, shape=mask.shape), shape=mask.shape
-    )
-    out = write_products(store, str(tmp_path / "out"), meta, ProductConfig())
+    out = write_scene_products(tmp_path, grid, mask=mask)["out"]
     for asset in ("probability", "mask"):
         assert cog_validate(out[asset], strict=True) == (True, [], [])
         with rasterio.open(out[asset]) as ds:

@@ -13,16 +13,12 @@ import pytest
 import shapely
 
 from pipeline.config import ProductConfig
-from pipeline.products import write_products
 from tests.pipeline.products_support import (
     PLAIN,
     UTM,
     WGS84,
     change_mask,
-    change_probability,
-    metadata,
-    write_optical,
-    write_store,
+    shared_scene_products,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -32,12 +28,10 @@ MASK = change_mask()
 
 @pytest.fixture(scope="module", params=list(GRIDS))
 def out(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    grid = GRIDS[request.param]
-    root = tmp_path_factory.mktemp(f"vectors-{request.param}")
-    store = write_store(root / "change.zarr", grid, MASK, change_probability(MASK))
-    meta = metadata(grid, write_optical(root / "optical.tif", grid))
-    cfg = ProductConfig(min_mapping_unit_px=4)
-    return {"grid": grid, **write_products(store, str(root / "out"), meta, cfg)}
+    run = shared_scene_products(
+        tmp_path_factory, request.param, ProductConfig(min_mapping_unit_px=4)
+    )
+    return {"grid": run["grid"], **run["out"]}
 
 
 def _geojson(out: dict) -> tuple[list[shapely.Geometry], list[dict]]:

@@ -14,16 +14,11 @@ import rasterio
 import xarray as xr
 
 from pipeline.config import ProductConfig
-from pipeline.products import write_products
 from tests.pipeline.products_support import (
-    PLAIN,
     SHAPE,
-    UTM,
     change_mask,
     change_probability,
-    metadata,
-    write_optical,
-    write_store,
+    shared_scene_products,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -34,12 +29,7 @@ PROB = change_probability(MASK)
 
 @pytest.fixture(scope="module", params=["utm", "plain"])
 def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    grid = {"utm": UTM, "plain": PLAIN}[request.param]
-    root = tmp_path_factory.mktemp(f"zarr-{request.param}")
-    store = write_store(root / "change.zarr", grid, MASK, PROB)
-    meta = metadata(grid, write_optical(root / "optical.tif", grid))
-    out = write_products(store, str(root / "out"), meta, ProductConfig(cog_blocksize=256))
-    return {"grid": grid, "store": Path(store), "out": out}
+    return shared_scene_products(tmp_path_factory, request.param, ProductConfig(cog_blocksize=256))
 
 
 def _node(path: Path) -> dict:

@@ -14,33 +14,31 @@ from typer.testing import CliRunner
 
 from pipeline.config import ProductConfig
 from pipeline.errors import InputError
-from pipeline.products import write_products
 from pipeline.viewer.layers import build_layers
 from pipeline.viewer.server import MapServer
 from tests.pipeline.products_support import (
-    PLAIN,
     SHAPE,
-    UTM,
-    change_mask,
-    change_probability,
-    metadata,
-    write_optical,
-    write_store,
+    shared_scene_products,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
-MASK = change_mask()
 
 
-def _out(root: Path, grid: tuple) -> Path:
-    store = write_store(root / "change.zarr", grid, MASK, change_probability(MASK))
-    meta = metadata(grid, write_optical(root / "optical.tif", grid))
-    write_products(store, str(root / "out"), meta, ProductConfig(min_mapping_unit_px=4))
-    return root / "out"
+VIEWED = ProductConfig(min_mapping_unit_px=4)  # the vector tests' run: written once for both
 
 
-def test_layers_carry_every_polygon_and_the_summary(tmp_path: Path) -> None:
-    out = _out(tmp_path, UTM)
+@pytest.fixture(scope="module")
+def utm_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_scene_products(tmp_path_factory, "utm", VIEWED)["dir"]
+
+
+@pytest.fixture(scope="module")
+def plain_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_scene_products(tmp_path_factory, "plain", VIEWED)["dir"]
+
+
+def test_layers_carry_every_polygon_and_the_summary(utm_out: Path) -> None:
+    out = utm_out
     layers = build_layers(out, max_size=512)
     features = json.loads((out / "change.geojson").read_text())["features"]
     assert len(layers.polygons["features"]) == len(features) == layers.summary["polygon_count"]
@@ -53,15 +51,15 @@ def test_layers_carry_every_polygon_and_the_summary(tmp_path: Path) -> None:
     assert layers.optical_png is not None
 
 
-def test_plain_image_is_shown_in_pixel_coordinates(tmp_path: Path) -> None:
-    layers = build_layers(_out(tmp_path, PLAIN))
+def test_plain_image_is_shown_in_pixel_coordinates(plain_out: Path) -> None:
+    layers = build_layers(plain_out)
     assert layers.mode == "pixel" and layers.bounds == [[-SHAPE[0], 0.0], [0.0, SHAPE[1]]]
     xs, ys = np.array(layers.polygons["features"][0]["geometry"]["coordinates"][0]).T
     assert (ys <= 0).all() and (xs >= 0).all()  # [col, -row]
 
 
-def test_server_serves_the_page_leaflet_and_layers_and_nothing_outside(tmp_path: Path) -> None:
-    with MapServer(build_layers(_out(tmp_path, UTM), max_size=256)) as server:
+def test_server_serves_the_page_leaflet_and_layers_and_nothing_outside(utm_out: Path) -> None:
+    with MapServer(build_layers(utm_out, max_size=256)) as server:
         for path in ("", "static/leaflet/leaflet.js", "api/meta.json", "layers/change.png"):
             with urllib.request.urlopen(server.url + path) as resp:
                 assert resp.status == 200 and resp.read()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -93,22 +92,12 @@ def detect_args(pair: Pair, out, *more: str) -> list[str]:
             "--device", "cpu", *SMALL_FLAGS, *more]  # fmt: skip
 
 
-# The COGs' model tag names the weights by how they were referenced (`--model tiny` and the same
-# weights saved as a checkpoint have different digests, both "sha256:" + 64 hex): blanked, so a
-# faulted run from a checkpoint must still equal the clean `tiny` run byte for byte otherwise.
-_MODEL_TAG = re.compile(rb'(name="M2CD_MODEL_DIGEST">sha256:)[0-9a-f]{64}')
-
-
-def _product_bytes(path: Path) -> bytes:
-    return _MODEL_TAG.sub(rb"\g<1>" + b"0" * 64, path.read_bytes())
-
-
 def fingerprint(out: Path) -> dict[str, str]:
     """SHA-256 of the raster/vector products and of the Zarr arrays' decoded bytes."""
     import zarr
 
     digests = {
-        name: hashlib.sha256(_product_bytes(Path(out) / name)).hexdigest() for name in COMPARED
+        name: hashlib.sha256((Path(out) / name).read_bytes()).hexdigest() for name in COMPARED
     }
     group = zarr.open_group(str(Path(out) / "change.zarr"), mode="r")
     for name in ("probability", "mask", "valid"):
