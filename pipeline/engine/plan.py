@@ -80,6 +80,10 @@ class RunPlan(BaseModel):
         """The completion marker of a block: its presence is what makes a block done (resume)."""
         return storage.join(self.staging, "blocks", f"{block.name}.json")
 
+    def routing_uri(self, block: BlockSpec) -> str:
+        """The expert maps a block saves with `products.diagnostics` (assembled at finalize)."""
+        return storage.join(self.staging, "routing", f"{block.name}.npz")
+
     def describe(self) -> str:
         """The plan as users see it before the run starts."""
         g, t = self.grid, self.config.tiling
@@ -94,6 +98,12 @@ class RunPlan(BaseModel):
             f"({self.model.digest[:19]}), threshold {self.config.products.threshold}, "
             f"output {self.out}\n  SAR units {self.sar_units or self.config.sar.units}"
             f"{' (auto: decided from the data; set sar.units to override)' if self.config.sar.units == 'auto' else ''}"
+            + (
+                "\n  diagnostics: top-1 MoE expert per stage and pixel → routing_optical.tif, "
+                "routing_sar.tif"
+                if self.config.products.diagnostics
+                else ""
+            )
         )
 
 
