@@ -23,6 +23,7 @@ from pipeline.engine import pair as pairs
 from pipeline.engine.models import ModelRef, describe_model
 from pipeline.engine.output_grid import GridSpec, crs_label
 from pipeline.engine.request import DetectRequest
+from pipeline.engine.routing import require_moe
 from pipeline.engine.tiling import BlockSpec, TileGrid, plan_blocks
 from pipeline.errors import OutputExistsError
 from pipeline.io import storage
@@ -158,6 +159,8 @@ def plan_run(request: DetectRequest) -> RunPlan:
     pair = pairs.open_pair(request.optical, request.sar, request.config)
     ref = describe_model(request.checkpoint, request.model)
     cfg, pair = pairs.for_model(request.config, pair, ref)  # the bands the model takes
+    if cfg.products.diagnostics:
+        require_moe(ref.checkpoint, ref.name)
     chash = config_hash(cfg)
     key = run_key(request.optical, request.sar, ref.digest, chash)
     pairs.remember(key, pair)

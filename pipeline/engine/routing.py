@@ -18,7 +18,7 @@ block without diagnostics in a neighbouring thread sees nothing of another block
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from m2cd.moe import MoE
+from pipeline.engine.predict import Predictor
 from pipeline.engine.tiling import TileGrid
 from pipeline.errors import ConfigError
 from pipeline.geometry import PixelBox
@@ -115,22 +116,17 @@ class TileRouting:
 class RoutingRecorder:
     """A predictor that also records the routing of each call (`last`), for one block's thread.
 
-    `predictor` is the engine's `Predictor` (its model and batch size are read from it). Only the
-    first forward of a call is recorded: with TTA that is the identity view, the one whose tokens
-    sit where the tile's pixels are.
+    Only the first forward of a call is recorded: with TTA that is the identity view, the one
+    whose tokens sit where the tile's pixels are.
     """
 
-    def __init__(self, predictor: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+    def __init__(self, predictor: Predictor):
         self.predictor = predictor
-        self.model: nn.Module = getattr(predictor, "model")  # noqa: B009
-        self.batch_size: int = getattr(predictor, "batch_size")  # noqa: B009
+        self.model: nn.Module = predictor.model
+        self.batch_size = predictor.batch_size
         self.moes = moe_layers(self.model)
         if not self.moes:
-            name = getattr(getattr(self.model, "config", None), "name", "the model")
-            raise ConfigError(
-                f"products.diagnostics: {name} has no MoE stages, so there is no routing to map "
-                "(use an M²CD model with moe.enabled, or drop --diagnostics)"
-            )
+            raise ConfigError(_no_moe(getattr(getattr(self.model, "config", None), "name", None)))
         self.experts = self.moes[0].experts
         self.last: TileRouting | None = None
 
@@ -155,6 +151,29 @@ class RoutingRecorder:
             sar=[cap.top1[i][b : b + n] for i in range(cap.stages)],
         )
         return probs
+
+
+def require_moe(checkpoint: str | None, name: str | None) -> None:
+    """Refuse diagnostics for a model without MoE stages at plan time, before anything is written
+    (its config read from checkpoint.json or the named config; no weights are loaded)."""
+    from m2cd.config import ModelConfig, load_model_config
+    from pipeline.io import storage
+
+    if checkpoint is not None:
+        meta = storage.read_json(checkpoint.rstrip("/") + "/checkpoint.json")
+        config = ModelConfig.model_validate(meta["model"])
+    else:
+        assert name is not None, "a named config when no checkpoint is given"
+        config = load_model_config(name)
+    if not config.moe.enabled:
+        raise ConfigError(_no_moe(config.name or checkpoint or name))
+
+
+def _no_moe(model: object) -> str:
+    return (
+        f"products.diagnostics: {model} has no MoE stages, so there is no routing to map "
+        "(use an M²CD model with moe.enabled, or drop --diagnostics)"
+    )
 
 
 def owned_span(k: int, count: int, length: int, stride: int, overlap: int) -> tuple[int, int]:
@@ -239,12 +258,7 @@ def padded_tile(model: nn.Module, tile: int) -> int:
 class BlockRouting:
     """The diagnostics of one block: a recording predictor and the canvas it paints."""
 
-    def __init__(
-        self,
-        predictor: Callable[[np.ndarray, np.ndarray], np.ndarray],
-        grid: TileGrid,
-        core: PixelBox,
-    ):
+    def __init__(self, predictor: Predictor, grid: TileGrid, core: PixelBox):
         self.recorder = RoutingRecorder(predictor)
         tile = padded_tile(self.recorder.model, grid.tile)
         self.canvas = RoutingCanvas(grid, core, self.recorder.stages, tile)
