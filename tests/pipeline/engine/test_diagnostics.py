@@ -141,6 +141,28 @@ def test_expert_maps_are_byte_identical_across_block_sizes_and_workers(runs):
     assert runs["blocks"].routing == runs["diag"].routing
 
 
+def test_the_shipped_models_expert_maps_on_a_scene_with_nodata(pair, tmp_path):
+    """No model named: the shipped M²CD (MiT-b0: 4 MoE stages of 4 experts, top-2)."""
+    from m2cd.pretrained import shipped_checkpoint
+
+    cfg = load_detect_config(
+        "default", {"tiling.tile": 128, "tiling.overlap": 32, "products.diagnostics": True}
+    )
+    req = DetectRequest(optical=pair[0], sar=pair[1], out=str(tmp_path / "o"), config=cfg)
+    summary = detect(req, progress=False)
+    meta = json.loads((shipped_checkpoint() / "checkpoint.json").read_text())
+    experts = meta["model"]["moe"]["experts"]
+    with rasterio.open(pair[0]) as ref, rasterio.open(Path(summary.out) / "routing_sar.tif") as ds:
+        assert (ds.crs, ds.transform, ds.shape, ds.count) == (ref.crs, ref.transform, ref.shape, 4)
+        maps = ds.read()
+    assert (maps[:, :, 250:270] == 255).all()  # the SAR zero-fill strip
+    assert (maps[:, :, :250] < experts).all() and (maps[:, :, 270:] < experts).all()
+    assert summary.routing is not None and len(summary.routing) == 4
+    for row in summary.routing:
+        assert sum(row["optical_share"]) == pytest.approx(1, abs=1e-3)
+        assert sum(row["sar_share"]) == pytest.approx(1, abs=1e-3)
+
+
 def test_owned_spans_give_every_pixel_one_owner_with_the_largest_blend_weight():
     for length, tile, overlap in ((180, 64, 16), (300, 64, 16), (257, 64, 5), (64, 64, 16)):
         grid = TileGrid(height=length, width=length, tile=tile, overlap=overlap)
