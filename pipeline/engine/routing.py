@@ -7,8 +7,9 @@ grid only (never on the block or worker), so the maps are byte-identical across 
 worker counts, as the change products are.
 
 Off (the default) nothing here runs: no hook is attached to the model, and a forward costs what it
-did. On, the hooks copy T×E router logits to the host once per stage (the T×C tokens are 4-8× that
-size for the shipped model, so the overhead is small next to the experts' own matmuls).
+did. On, each stage's router output gets one top-k and one T-byte copy to the host: measured on
+the shipped model (a batch of 4 tiles of 256², 2-core CPU), a recorded forward took 0.98× the
+plain one (median of 4, within the machine's noise).
 
 Threads of one process share one cached model (`pipeline.engine.models`), so the hooks stay
 registered while any block records and report only to the thread that asked (thread-local): a
@@ -57,7 +58,7 @@ def moe_layers(model: nn.Module) -> list[MoE]:
     return [m for m in model.modules() if isinstance(m, MoE)]
 
 
-def _attach(model: nn.Module, moes: list[MoE]) -> list[torch.utils.hooks.RemovableHandle]:
+def _attach(moes: list[MoE]) -> list[torch.utils.hooks.RemovableHandle]:
     handles = []
     for i, moe in enumerate(moes):
 
@@ -67,7 +68,7 @@ def _attach(model: nn.Module, moes: list[MoE]) -> list[torch.utils.hooks.Removab
                 n, _, h, w = args[0].shape
                 cap.shapes[i] = (n, h, w)
 
-        def post(module: nn.Module, _args: tuple, logits: torch.Tensor, i: int = i) -> None:
+        def post(_module: nn.Module, _args: tuple, logits: torch.Tensor, i: int = i) -> None:
             cap: _Capture | None = getattr(_local, "capture", None)
             if cap is None or i in cap.top1 or i not in cap.shapes:
                 return
@@ -90,7 +91,7 @@ def _hooked_model(model: nn.Module, moes: list[MoE]) -> Iterator[None]:
     with _hooks_lock:
         handles, users = _hooked.get(key, ([], 0))
         if users == 0:
-            handles = _attach(model, moes)
+            handles = _attach(moes)
         _hooked[key] = (handles, users + 1)
     try:
         yield
@@ -128,6 +129,8 @@ class RoutingRecorder:
         if not self.moes:
             raise ConfigError(_no_moe(getattr(getattr(self.model, "config", None), "name", None)))
         self.experts = self.moes[0].experts
+        if self.experts >= NODATA:
+            raise ConfigError(f"products.diagnostics: {self.experts} experts do not fit uint8 maps")
         self.last: TileRouting | None = None
 
     @property

@@ -224,6 +224,21 @@ def test_recording_changes_no_output_and_keeps_hooks_only_while_it_runs():
             assert np.take_along_axis(half, top[..., None].astype(int), -1).all()
 
 
+def test_with_tta_the_identity_view_is_recorded():
+    torch.manual_seed(0)
+    model = m2cd.build_model("tiny").eval()
+    opt = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    sar = np.random.default_rng(1).standard_normal((2, 1, 64, 64)).astype(np.float32)
+    maps = []
+    for tta in (False, True):
+        recorder = RoutingRecorder(Predictor(model, 2, channels_last=False, tta=tta))
+        recorder(opt, sar)
+        assert recorder.last is not None
+        maps.append(recorder.last.optical + recorder.last.sar)
+    for plain, tta in zip(*maps, strict=True):
+        np.testing.assert_array_equal(plain, tta)
+
+
 def test_a_plain_block_beside_a_recording_one_sees_no_routing():
     """Two threads share one cached model (as block threads do): only the recorder records."""
     torch.manual_seed(0)
