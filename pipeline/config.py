@@ -187,6 +187,11 @@ class ProductConfig(ConfigSection):
     wgs84_geojson: bool = Field(
         default=False, description="Also write change_wgs84.geojson (RFC 7946 lon/lat)."
     )
+    diagnostics: bool = Field(
+        default=False,
+        description="Also write routing_optical.tif and routing_sar.tif: the top-1 MoE expert of "
+        "every pixel's token at each stage (`m2cd detect --diagnostics`); off, no hook is attached.",
+    )
 
 
 class DetectConfig(ConfigSection):

@@ -34,6 +34,14 @@ def detect_command(
             "--tta/--no-tta", help="Average over the 8 flips/rotations of each tile (8× the time)."
         ),
     ] = None,
+    diagnostics: Annotated[
+        bool,
+        typer.Option(
+            "--diagnostics",
+            help="Also write routing_optical.tif and routing_sar.tif: the top-1 MoE expert of "
+            "each pixel's token per stage, and each expert's share in the summary.",
+        ),
+    ] = False,
     workers: Annotated[
         int,
         typer.Option(
@@ -69,6 +77,7 @@ def detect_command(
         "inference.device": device,
         "products.threshold": threshold,
         "inference.tta": tta,
+        "products.diagnostics": True if diagnostics else None,
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
     cfg = load_detect_config(config if config is not None else "default", overrides)
@@ -94,3 +103,13 @@ def detect_command(
     )
     for name, uri in summary.products.items():
         typer.echo(f"  {name}: {uri}")
+    for row in summary.routing or []:
+        typer.echo(
+            f"  routing stage {row['stage']}: optical {_shares(row['optical_share'])} | "
+            f"SAR {_shares(row['sar_share'])} (modality distance {row['modality_tv_distance']})"
+        )
+
+
+def _shares(values: list[float]) -> str:
+    """Expert shares as `e0 41% e1 9% ...` (one line per stage in the summary)."""
+    return " ".join(f"e{i} {v:.0%}" for i, v in enumerate(values))

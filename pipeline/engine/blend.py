@@ -107,8 +107,12 @@ def predict_block(
     min_valid_fraction: float = 0.0,
     prefetch: int = 2,
     on_batch: Callable[[int], None] | None = None,
+    on_predicted: Callable[[list[tuple[int, int]]], None] | None = None,
 ) -> BlockOutput:
-    """Run every tile touching `core` and blend its probabilities into the core only."""
+    """Run every tile touching `core` and blend its probabilities into the core only.
+
+    `on_predicted(tiles)` runs right after each batch's forward, in this thread (the routing
+    diagnostics read what the forward recorded)."""
     h, w = core.height, core.width
     acc_wp = np.zeros((h, w), dtype=np.float32)
     acc_w = np.zeros((h, w), dtype=np.float32)
@@ -121,6 +125,8 @@ def predict_block(
     )
     for batch in read_ahead(batches, prefetch):
         probs = predictor(batch.optical, batch.sar)
+        if on_predicted is not None:
+            on_predicted(batch.tiles)
         for k, (i, j) in enumerate(batch.tiles):  # global row-major order
             part = grid.extent(i, j).intersect(core)
             if part is None:

@@ -21,6 +21,7 @@ from pipeline.engine.output_grid import pixel_area_km2
 from pipeline.engine.plan import RunPlan
 from pipeline.engine.predict import Predictor
 from pipeline.engine.read_ahead import read_ahead_depth
+from pipeline.engine.routing import BlockRouting
 from pipeline.engine.tiling import BlockSpec
 from pipeline.io import storage
 from pipeline.products.zarr_store import write_region
@@ -38,6 +39,8 @@ class BlockResult(BaseModel):
     changed_km2: float | None
     seconds: float
     resumed: bool = False
+    # products.diagnostics: valid pixels per [stream (optical, SAR)][stage][expert]
+    routing_counts: list[list[list[int]]] | None = None
 
 
 def block_marker(plan: RunPlan, block: BlockSpec) -> dict[str, Any] | None:
@@ -70,11 +73,17 @@ def run_block(
     )
     threshold = plan.config.products.threshold
     assert threshold is not None, "DetectRequest resolves the threshold before a plan exists"
+    # diagnostics off: the plain predictor, no hook on the model
+    routing = (
+        BlockRouting(predictor, plan.tile_grid, block.core)
+        if plan.config.products.diagnostics
+        else None
+    )
     out = blend.predict_block(
         plan.tile_grid,
         block.core,
         reader,
-        predictor,
+        routing.recorder if routing is not None else predictor,
         inf.batch_size,
         threshold=threshold,
         min_valid_fraction=plan.config.tiling.min_valid_fraction,
@@ -82,12 +91,14 @@ def run_block(
             inf.prefetch, device, storage.is_remote(plan.optical) or storage.is_remote(plan.sar)
         ),
         on_batch=on_tiles,
+        on_predicted=routing.on_predicted if routing is not None else None,
     )
     if on_tiles is not None and out.tiles_skipped:
         on_tiles(out.tiles_skipped)
     write_region(
         storage.zarr_store(plan.store_uri), block.y0, block.x0, out.probability, out.mask, out.valid
     )
+    counts = routing.save(plan.routing_uri(block), out.valid) if routing is not None else None
     areas = pixel_area_km2(plan.grid, range(block.y0, block.y1))
     changed_km2 = None
     if areas is not None:
@@ -101,10 +112,12 @@ def run_block(
         changed_px=out.changed_px,
         changed_km2=changed_km2,
         seconds=round(time.perf_counter() - start, 3),
+        routing_counts=counts,
     )
     # where and how it ran: CPU bits depend on the intra-op thread count (see local.run_pool)
     extra = {"pid": os.getpid(), "device": str(device), "torch_threads": torch.get_num_threads()}
-    storage.write_json(plan.marker_uri(block), {**result.model_dump(exclude={"resumed"}), **extra})
+    record = result.model_dump(exclude={"resumed"} if counts else {"resumed", "routing_counts"})
+    storage.write_json(plan.marker_uri(block), {**record, **extra})
     return result
 
 

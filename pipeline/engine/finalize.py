@@ -11,14 +11,17 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 
 from pipeline.engine.block import BlockResult, block_marker, pending_blocks
 from pipeline.engine.output_grid import crs_label
 from pipeline.engine.plan import MANIFEST, STAGING_DIR, STORE, RunPlan, read_manifest
+from pipeline.engine.routing import routing_shares
 from pipeline.errors import InputError, M2CDError, OutputExistsError
 from pipeline.io import storage
 from pipeline.products import ProductMetadata, write_products
+from pipeline.products.diagnostics import RoutingBlock
 from pipeline.products.model_info import model_info
 
 
@@ -46,6 +49,8 @@ class RunSummary(BaseModel):
     model_digest: str
     config_hash: str
     products: dict[str, str]
+    # products.diagnostics: per MoE stage, each expert's share of the valid pixels per modality
+    routing: list[dict[str, Any]] | None = None
     already_finished: bool = False
 
 
@@ -82,6 +87,14 @@ def _publish(plan: RunPlan, names: list[str]) -> dict[str, str]:
     return uris
 
 
+def _routing_summary(results: list[BlockResult]) -> list[dict[str, Any]]:
+    """Expert shares per stage and modality over the scene's valid pixels (the blocks' counts
+    summed: integers, so the same for any block size)."""
+    counts = [r.routing_counts for r in results if r.routing_counts is not None]
+    total = np.sum(np.asarray(counts, dtype=np.int64), axis=0)
+    return routing_shares(total.tolist())
+
+
 def summary_from_manifest(manifest: dict[str, Any]) -> RunSummary:
     """The summary a finished run recorded in `OUT/run.json` (marked `already_finished`)."""
     return RunSummary(**{**manifest["summary"], "already_finished": True})
@@ -113,8 +126,14 @@ def finalize_run(
             "scene or the other; check the scenes' nodata values and footprints",
         )
     start = time.perf_counter()
+    diagnostics = plan.config.products.diagnostics
+    routing = (
+        [RoutingBlock(b.y0, b.x0, plan.routing_uri(b)) for b in plan.blocks]
+        if diagnostics
+        else None
+    )
     written = write_products(
-        plan.store_uri, plan.staging, _product_metadata(plan), plan.config.products
+        plan.store_uri, plan.staging, _product_metadata(plan), plan.config.products, routing
     )
     # the store last: until it moves, a crash here leaves a staging run that finalizes again
     names = [os.path.basename(u.rstrip("/")) for u in written.values()] + [STORE]
@@ -145,6 +164,7 @@ def finalize_run(
         model_digest=plan.model.digest,
         config_hash=plan.config_hash,
         products=uris,
+        routing=_routing_summary(results) if diagnostics else None,
     )
     storage.write_json(
         storage.join(plan.out, MANIFEST),

@@ -23,6 +23,7 @@ from pipeline.engine import pair as pairs
 from pipeline.engine.models import ModelRef, describe_model
 from pipeline.engine.output_grid import GridSpec, crs_label
 from pipeline.engine.request import DetectRequest
+from pipeline.engine.routing import require_moe
 from pipeline.engine.tiling import BlockSpec, TileGrid, plan_blocks
 from pipeline.errors import OutputExistsError
 from pipeline.io import storage
@@ -80,6 +81,10 @@ class RunPlan(BaseModel):
         """The completion marker of a block: its presence is what makes a block done (resume)."""
         return storage.join(self.staging, "blocks", f"{block.name}.json")
 
+    def routing_uri(self, block: BlockSpec) -> str:
+        """The expert maps a block saves with `products.diagnostics` (assembled at finalize)."""
+        return storage.join(self.staging, "routing", f"{block.name}.npz")
+
     def describe(self) -> str:
         """The plan as users see it before the run starts."""
         g, t = self.grid, self.config.tiling
@@ -94,6 +99,12 @@ class RunPlan(BaseModel):
             f"({self.model.digest[:19]}), threshold {self.config.products.threshold}, "
             f"output {self.out}\n  SAR units {self.sar_units or self.config.sar.units}"
             f"{' (auto: decided from the data; set sar.units to override)' if self.config.sar.units == 'auto' else ''}"
+            + (
+                "\n  diagnostics: top-1 MoE expert per stage and pixel → routing_optical.tif, "
+                "routing_sar.tif"
+                if self.config.products.diagnostics
+                else ""
+            )
         )
 
 
@@ -148,6 +159,8 @@ def plan_run(request: DetectRequest) -> RunPlan:
     pair = pairs.open_pair(request.optical, request.sar, request.config)
     ref = describe_model(request.checkpoint, request.model)
     cfg, pair = pairs.for_model(request.config, pair, ref)  # the bands the model takes
+    if cfg.products.diagnostics:
+        require_moe(ref.checkpoint, ref.name)
     chash = config_hash(cfg)
     key = run_key(request.optical, request.sar, ref.digest, chash)
     pairs.remember(key, pair)

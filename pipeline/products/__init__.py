@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import rasterio
@@ -27,6 +27,8 @@ from rasterio.errors import RasterioError
 from pipeline.config import ProductConfig
 from pipeline.io.storage import bound_gdal_cache, is_remote, join, put_file_atomic
 from pipeline.products.cog import GDAL_ENV, MASK_LAYER, PROBABILITY_LAYER, TiledWriter, to_cog
+from pipeline.products.diagnostics import FILES as ROUTING_FILES
+from pipeline.products.diagnostics import RoutingBlock, write_routing_cogs
 from pipeline.products.metadata import ProductMetadata, redact_uri
 from pipeline.products.overviews import write_overviews
 from pipeline.products.polygons import Part, PolygonBuilder, PolygonWriter
@@ -56,10 +58,11 @@ PRODUCT_FILES = {
     "polygons_wgs84": "change_wgs84.geojson",  # only with products.wgs84_geojson
     "quicklook": "quicklook.png",
     "quicklook_panel": "quicklook_panel.png",
+    **ROUTING_FILES,  # only with products.diagnostics: per-stage expert maps
     "item": "item.json",
 }
 STORE_PRODUCT = "zarr"
-OPTIONAL_PRODUCTS = frozenset({"polygons_wgs84"})
+OPTIONAL_PRODUCTS = frozenset({"polygons_wgs84", *ROUTING_FILES})
 _INTERMEDIATE_BLOCK = 512
 log = logging.getLogger(__name__)
 
@@ -110,9 +113,16 @@ def _publish(local: Path, out_prefix: str, name: str) -> str:
 
 
 def write_products(
-    store_uri: str, out_prefix: str, meta: ProductMetadata, cfg: ProductConfig
+    store_uri: str,
+    out_prefix: str,
+    meta: ProductMetadata,
+    cfg: ProductConfig,
+    routing: Sequence[RoutingBlock] | None = None,
 ) -> dict[str, str]:
     """Write COGs, polygons, quicklooks and STAC Item of a finished store; return asset → URI.
+
+    With `cfg.diagnostics`, `routing` lists the blocks' saved expert maps, assembled into the
+    routing COGs (`pipeline.products.diagnostics`).
 
     The store itself (`zarr`) is not in the result: the engine publishes it. Memory is bounded by
     one Zarr chunk plus GDAL's bounded block cache, whatever the scene size.
@@ -125,6 +135,10 @@ def write_products(
         log.warning("%s: no CRS, so no change_wgs84.geojson is written", meta.optical_uri)
     elif cfg.wgs84_geojson:
         wanted.add("polygons_wgs84")
+    if cfg.diagnostics:
+        if not routing:
+            raise ValueError(f"{store_uri}: products.diagnostics is on but no block saved routing")
+        wanted.update(ROUTING_FILES)
     files = {key: name for key, name in PRODUCT_FILES.items() if key in wanted}
     bound_gdal_cache()  # peak RSS is the same for a 4096² and a 16384² scene
     with _workdir(out_prefix) as tmp, rasterio.Env(**GDAL_ENV):
@@ -177,6 +191,9 @@ def write_products(
         write_quicklooks(
             meta, cfg, tmp / files["mask"], tmp / files["quicklook"], tmp / files["quicklook_panel"]
         )
+        if cfg.diagnostics and routing:
+            dst = {key: tmp / files[key] for key in ROUTING_FILES}
+            write_routing_cogs(routing, dst, meta, cfg.cog_blocksize, cfg.cog_deflate_level)
         summary = ChangeSummary(
             changed_px=gj.changed_px,
             changed_m2=round(gj.changed_m2, 3) if gj.areas.has_area else None,

@@ -89,6 +89,18 @@ ASSETS: dict[str, AssetSpec] = {
         ("overview",),
         "Pre (optical) | post (SAR) | change",
     ),
+    "routing_optical": AssetSpec(
+        "./routing_optical.tif",
+        pystac.MediaType.COG,
+        ("metadata", "diagnostics"),
+        "Top-1 MoE expert of the optical tokens, one band per stage (255 nodata)",
+    ),
+    "routing_sar": AssetSpec(
+        "./routing_sar.tif",
+        pystac.MediaType.COG,
+        ("metadata", "diagnostics"),
+        "Top-1 MoE expert of the SAR tokens, one band per stage (255 nodata)",
+    ),
 }
 
 FILE_EXTENSION = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
