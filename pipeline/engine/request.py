@@ -82,8 +82,7 @@ def validate_request(**kwargs: Any) -> DetectRequest:
         return DetectRequest(**kwargs)
     except ValidationError as exc:
         msgs = "; ".join(
-            (f"{e['loc'][0]}: " if e["loc"] else "")
-            + e["msg"].removeprefix("Value error, ")
+            (f"{e['loc'][0]}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
             for e in exc.errors()
         )
         raise ConfigError(f"detect request: {msgs}") from None
