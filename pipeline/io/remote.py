@@ -33,6 +33,12 @@ _SECRET_QUERY = re.compile(
     r"token|access_?key|secret|password|key|se|sv|sp)=",
     re.IGNORECASE,
 )
+# a secret query parameter anywhere in a message (errors quote relative URLs too: `url: /x?sig=…`)
+_SECRET_PARAM = re.compile(
+    r"([?&](?:x-amz-(?:signature|credential|security-token)|x-goog-(?:signature|credential)|"
+    r"signature|sig|token|access_?key|secret|password|key)=)[^&\s'\"<>)]*",
+    re.IGNORECASE,
+)
 _URL_IN_TEXT = re.compile(r"(?:https?|s3|gs|az)://[^\s'\"<>,)]+")
 _SECRET_VARS = (
     "AWS_SECRET_ACCESS_KEY",
@@ -107,6 +113,7 @@ def redact_spec(spec: str) -> str:
 def redact_text(text: str) -> str:
     """`text` with every URL in it redacted and every credential value of the environment masked."""
     text = _URL_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text)
+    text = _SECRET_PARAM.sub(r"\1***", text)
     for var in _SECRET_VARS:
         value = os.environ.get(var)
         if value and len(value) >= 4:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -27,9 +28,15 @@ _RASTER_TYPES = ("image/tiff", "image/jp2", "application/x-geotiff", "image/vnd.
 _RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
 
 
+_API_ITEM = re.compile(r"/collections/[^/]+/items/[^/]+/?$")
+
+
 def looks_like_item(spec: str) -> bool:
-    """Whether `spec` names a JSON document (a STAC Item) rather than a raster."""
+    """Whether `spec` names a STAC Item rather than a raster: a `.json` document, or a STAC API
+    Item URL (`…/collections/<c>/items/<id>`, as a search returns them)."""
     path = urlsplit(spec).path if "://" in spec else spec
+    if remote.is_url(spec) and _API_ITEM.search(path):
+        return True
     return path.lower().endswith((".json", ".geojson"))
 
 
