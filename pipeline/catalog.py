@@ -71,6 +71,11 @@ class SourceConfig(ConfigSection):
     )
     max_items: int = Field(default=1000, ge=1, description="STAC API: most items one search reads.")
 
+    @field_validator("uri")
+    @classmethod
+    def _home(cls, v: str) -> str:
+        return os.path.expanduser(v) if v.startswith("~") else v
+
 
 class PairingConfig(ConfigSection):
     """Latest optical scene within `max_days_before` days before each SAR scene."""
@@ -92,6 +97,11 @@ class RegionConfig(ConfigSection):
     overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted DetectConfig keys.")
     schedule: str = Field(default="0 6 * * *", description="Cron of the monitor deployment (UTC).")
     enabled: bool = Field(default=True, description="False: `m2cd serve` skips it unless named.")
+
+    @field_validator("output")
+    @classmethod
+    def _home(cls, v: str) -> str:
+        return os.path.expanduser(v) if v.startswith("~") else v
 
     @field_validator("aoi")
     @classmethod

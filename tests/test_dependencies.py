@@ -13,7 +13,6 @@ import functools
 import sys
 import tomllib
 from importlib import metadata
-from pathlib import Path
 
 from packaging.requirements import Requirement
 
@@ -38,8 +37,7 @@ def _declared() -> tuple[dict[str, Requirement], dict[str, Requirement]]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     runtime = {Requirement(r).name.lower(): Requirement(r) for r in project["dependencies"]}
     dev = {
-        Requirement(r).name.lower(): Requirement(r)
-        for r in project["optional-dependencies"]["dev"]
+        Requirement(r).name.lower(): Requirement(r) for r in project["optional-dependencies"]["dev"]
     }
     return runtime, dev
 
@@ -111,7 +109,9 @@ def test_every_declared_dependency_is_imported():
     package = {d for mod in _imports(PACKAGE) for d in _distributions(mod)}
     scripts = {d for mod in _imports(SCRIPTS) for d in _distributions(mod)}
     unused_runtime = sorted(n for n in runtime if n not in package and n not in NOT_IMPORTED)
-    assert not unused_runtime, f"declared but never imported by m2cd/pipeline/flows: {unused_runtime}"
+    assert not unused_runtime, (
+        f"declared but never imported by m2cd/pipeline/flows: {unused_runtime}"
+    )
     only_tests = sorted(n for n in runtime if n not in package and n in scripts)
     assert not only_tests, f"imported only by tests/examples: move to the dev extra: {only_tests}"
     unused_dev = sorted(

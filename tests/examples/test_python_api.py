@@ -17,7 +17,9 @@ def _env() -> dict[str, str]:
 
 
 def test_import_pipeline_does_not_import_torch():
-    code = "import sys, pipeline; from pipeline import detect, predict; print('torch' in sys.modules)"
+    code = (
+        "import sys, pipeline; from pipeline import detect, predict; print('torch' in sys.modules)"
+    )
     lazy = "import sys, pipeline; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", lazy], env=_env(), capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
