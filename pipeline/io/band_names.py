@@ -92,7 +92,8 @@ def trained_band_names(checkpoint: str | None) -> tuple[list[str] | None, list[s
     )
 
     def names(v: object) -> list[str] | None:
-        ok = isinstance(v, list) and v and all(isinstance(s, str) for s in v)
-        return list(v) if ok else None  # type: ignore[arg-type]
+        if isinstance(v, list) and v and all(isinstance(s, str) for s in v):
+            return [str(s) for s in v]
+        return None
 
     return names(inputs.get("optical_bands")), names(inputs.get("sar_bands"))

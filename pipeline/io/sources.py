@@ -64,7 +64,11 @@ def parse_when(text: str) -> datetime | None:
     text = text.strip()
     m = _TIFF_DATE.match(text)
     if m:
-        return datetime(*(int(g) for g in m.groups()), tzinfo=UTC)  # type: ignore[misc]
+        y, mo, d, hh, mm, ss = (int(g) for g in m.groups())
+        try:
+            return datetime(y, mo, d, hh, mm, ss, tzinfo=UTC)
+        except ValueError:  # 0000:00:00 00:00:00, as some writers leave it
+            return None
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

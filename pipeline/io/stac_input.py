@@ -121,7 +121,7 @@ def item_bands(spec: str, role: str) -> tuple[list[BandSource], datetime | None]
         names = asset_band_names(key, asset)
         uri = _href(str(asset["href"]), spec)
         for i, name in enumerate(names, start=1):
-            if name in wanted:
+            if name is not None and name in wanted:
                 rank = (len(names), key)
                 if name not in found or rank < found[name][:2]:
                     found[name] = (len(names), key, BandSource(uri, i, name))

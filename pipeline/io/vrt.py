@@ -72,7 +72,7 @@ def read_header(uri: str) -> Header:
                 count=src.count,
                 dtype=src.dtypes[0],
                 nodata=src.nodata,
-                block=tuple(src.block_shapes[0]),  # type: ignore[arg-type]
+                block=(int(src.block_shapes[0][0]), int(src.block_shapes[0][1])),
                 tags=dict(src.tags()),
             )
     except RasterioIOError as exc:
