@@ -256,7 +256,42 @@ def detect_scene(
             key="detect-scene-summary",
             description="detect-scene failed",
         )
+        report_failure(line)
         raise
+
+
+def report_failure(line: str) -> None:
+    """Put the error line where `prefect deployment run --watch` shows it, before the run fails.
+
+    --watch prints the run's events and logs until the Failed state arrives; logs and events
+    leave the flow process in batches, so the Failed state won the race and --watch showed only
+    "Failed". An event related to the flow run, named by the error line, then a drain of both
+    queues, makes the line arrive first.
+    """
+    import contextlib
+
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    run_id = str(ctx.flow_run.id)
+    emit_event(
+        "m2cd.scene.failed",
+        resource={"prefect.resource.id": f"m2cd.run.{run_id}", "prefect.resource.name": line},
+        related=[
+            {
+                "prefect.resource.id": f"prefect.flow-run.{run_id}",
+                "prefect.resource.role": "flow-run",
+            }
+        ],
+    )
+    with contextlib.suppress(Exception):  # service workers are not public API: best effort
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for worker in (APILogWorker, EventsWorker):
+            worker.drain_all(timeout=5)
 
 
 def _detect_scene(

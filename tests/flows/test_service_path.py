@@ -104,7 +104,8 @@ def test_readme_service_path_works_first_time(tmp_path):
             output=str(tmp_path / "o2"),
         )
         assert bad.returncode != 0
-        assert "missing.tif: file not found" in bad.stdout + bad.stderr  # the reason, in --watch
+        watched = bad.stdout + bad.stderr
+        assert "missing.tif: file not found" in watched, watched[-3000:]  # the reason, in --watch
 
         client = SyncPrefectClient(api)
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
