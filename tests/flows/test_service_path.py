@@ -89,7 +89,7 @@ def test_readme_service_path_works_first_time(tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=10) as resp:
             assert json.loads(resp.read())["api_url"] == api  # the UI talks to its own API
 
-        client_env = env | {"PREFECT_API_URL": api}
+        client_env = env | {"PREFECT_API_URL": api, "COLUMNS": "400"}  # rich wraps at 80
         ok = _run_deployment(
             client_env, optical=str(scene.optical), sar=str(scene.sar), output=str(tmp_path / "o")
         )
