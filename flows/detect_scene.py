@@ -141,18 +141,63 @@ def _api_url() -> str | None:
     return str(ctx.client.api_url) if ctx and ctx.client else None
 
 
-def summary_markdown(manifest: RunSummary, optical: str, sar: str) -> str:
-    """The run summary shown in the Prefect UI."""
+QUICKLOOK_THUMB_PX = 384  # the artifact's inline quick-look: ~40-80 kB of PNG, legible in the UI
+
+
+def quicklook_image(uri: str | None) -> str:
+    """The quick-look as a markdown image (a PNG data URI, so the UI shows it without reaching
+    the product store), or "" when it cannot be read."""
+    if not uri:
+        return ""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from pipeline.io import storage
+
+    try:
+        with Image.open(io.BytesIO(storage.read_bytes(uri))) as img:
+            img.thumbnail((QUICKLOOK_THUMB_PX, QUICKLOOK_THUMB_PX))
+            buf = io.BytesIO()
+            img.convert("RGB").save(buf, format="PNG", optimize=True)
+    except (OSError, ValueError):
+        return ""
+    return f"![quick-look](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})\n\n"
+
+
+def summary_markdown(manifest: RunSummary, plan: Any) -> str:
+    """The run summary shown in the Prefect UI: inputs (redacted), what the run decided
+    (threshold, SAR units, resampling, model), figures, products and the quick-look."""
+    from pipeline.io.remote import redact_spec
+
     area = "n/a (no CRS)" if manifest.changed_km2 is None else f"{manifest.changed_km2:.4f}"
     rows = "\n".join(f"| {name} | `{uri}` |" for name, uri in manifest.products.items())
+    model = plan.model.name or (plan.model.checkpoint or "").rstrip("/").rsplit("/", 1)[-1]
     return (
         f"# detect-scene `{manifest.run_key[:12]}`\n\n"
-        f"- optical: `{optical}`\n- SAR: `{sar}`\n- model: `{manifest.model_digest}`\n\n"
-        "| figure | value |\n| --- | --- |\n"
+        f"- optical: `{redact_spec(plan.optical)}`\n- SAR: `{redact_spec(plan.sar)}`\n"
+        f"- model: `{model}` (`{manifest.model_digest}`)\n\n"
+        + quicklook_image(manifest.products.get("quicklook.png"))
+        + "| figure | value |\n| --- | --- |\n"
+        f"| threshold | {plan.config.products.threshold} |\n"
+        f"| SAR units | {plan.sar_units or plan.config.sar.units} |\n"
+        f"| resampling | {plan.resampling or 'none (same grid)'} |\n"
         f"| blocks | {manifest.blocks} |\n| tiles | {manifest.tiles} |\n"
         f"| Mpx | {manifest.mpx:.2f} |\n| time (s) | {manifest.seconds:.1f} |\n"
         f"| changed area (km²) | {area} |\n\n"
         f"| product | location |\n| --- | --- |\n{rows}\n"
+    )
+
+
+def failure_markdown(error: str, optical: str, sar: str) -> str:
+    """What a failed run shows in the UI: the one error line, as the CLI prints it."""
+    from pipeline.io.remote import redact_spec
+
+    return (
+        "# detect-scene failed\n\n"
+        f"- optical: `{redact_spec(optical)}`\n- SAR: `{redact_spec(sar)}`\n\n"
+        f"**error:** {error}\n"
     )
 
 
@@ -172,12 +217,18 @@ def detect_scene(
     dask_address: str | None = None,
     registry: str | None = None,
     overwrite: bool = False,
+    pre_date: str | None = None,
+    post_date: str | None = None,
 ) -> RunSummary:
-    """Detect change between a pre-event optical and a post-event SAR scene (local or s3://).
+    """Detect change between a pre-event optical and a post-event SAR scene.
+
+    A scene is any string `m2cd detect` takes: a raster path or URI (s3://, https://, /vsicurl/,
+    gs://, az://), a comma-separated band list (`B02.tif,B03.tif,B04.tif,B08.tif`, `VV.tif,VH.tif`),
+    a VRT, or a STAC Item (file or URL).
 
     Args:
-        optical: pre-event optical scene (path or s3:// URI).
-        sar: post-event SAR scene (path or s3:// URI).
+        optical: pre-event optical scene.
+        sar: post-event SAR scene.
         output: output prefix (path or s3:// URI) for change.zarr, COGs, polygons, STAC item, quick-look.
         model: checkpoint path/URI, a registry digest, or `promoted` (the registry's promoted model).
         overrides: DetectConfig overrides as dotted keys, e.g. {"tiling.block": 1024}.
@@ -185,20 +236,92 @@ def detect_scene(
         dask_address: an existing Dask scheduler (else $M2CD_DASK_ADDRESS, else a temporary cluster).
         registry: model registry root (else $M2CD_REGISTRY, else ~/.m2cd/registry).
         overwrite: replace products of another run found at `output`.
+        pre_date: optical acquisition (ISO date/time) when the input records none.
+        post_date: SAR acquisition (ISO date/time) when the input records none.
     """
+    from pipeline.errors import M2CDError
+
+    try:
+        return _detect_scene(
+            optical, sar, output, model, overrides, config, dask_address, registry, overwrite,
+            pre_date, post_date,
+        )  # fmt: skip
+    except M2CDError as exc:  # the one line the CLI would print, in the logs --watch shows
+        from pipeline.io.storage import redact
+
+        line = redact(str(exc))
+        get_run_logger().error("detect-scene failed: %s", line)
+        create_markdown_artifact(
+            failure_markdown(line, optical, sar),
+            key="detect-scene-summary",
+            description="detect-scene failed",
+        )
+        report_failure(line)
+        raise
+
+
+def report_failure(line: str) -> None:
+    """Put the error line where `prefect deployment run --watch` shows it, before the run fails.
+
+    --watch prints the run's events and logs until the Failed state arrives; logs and events
+    leave the flow process in batches, so the Failed state won the race and --watch showed only
+    "Failed". An event related to the flow run, named by the error line, then a drain of both
+    queues, makes the line arrive first.
+    """
+    import contextlib
+
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    run_id = str(ctx.flow_run.id)
+    emit_event(
+        "m2cd.scene.failed",
+        resource={"prefect.resource.id": f"m2cd.run.{run_id}", "prefect.resource.name": line},
+        related=[
+            {
+                "prefect.resource.id": f"prefect.flow-run.{run_id}",
+                "prefect.resource.role": "flow-run",
+            }
+        ],
+    )
+    with contextlib.suppress(Exception):  # service workers are not public API: best effort
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for worker in (APILogWorker, EventsWorker):
+            worker.drain_all(timeout=5)
+
+
+def _detect_scene(
+    optical: str,
+    sar: str,
+    output: str,
+    model: str,
+    overrides: dict[str, Any] | None,
+    config: str | None,
+    dask_address: str | None,
+    registry: str | None,
+    overwrite: bool,
+    pre_date: str | None,
+    post_date: str | None,
+) -> RunSummary:
     from pipeline.config import load_detect_config
     from pipeline.engine.block import pending_blocks
-    from pipeline.engine.request import DetectRequest
+    from pipeline.engine.request import validate_request
 
     logger = get_run_logger()
     started = time.monotonic()
-    request = DetectRequest(
+    request = validate_request(
         optical=optical,
         sar=sar,
         out=output,
         checkpoint=resolve_model(model, registry),
         config=load_detect_config(config, overrides or {}),
         overwrite=overwrite,
+        pre_date=pre_date,
+        post_date=post_date,
     )
     plan = plan_task(request)
     print(plan.describe())
@@ -216,7 +339,7 @@ def detect_scene(
     # the run's own summary type, timed over the whole flow (scheduling and workers included)
     manifest = summary.model_copy(update={"seconds": round(time.monotonic() - started, 3)})
     create_markdown_artifact(
-        summary_markdown(manifest, optical, sar),
+        summary_markdown(manifest, plan),
         key="detect-scene-summary",
         description=f"detect-scene {manifest.run_key[:12]}",
     )

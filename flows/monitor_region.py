@@ -26,6 +26,7 @@ from pipeline.catalog import Pair, RegionConfig, discover, load_region, pair_sce
 from pipeline.engine.finalize import RunSummary
 from pipeline.errors import M2CDError
 from pipeline.io import storage
+from pipeline.io.remote import redact_spec
 
 PAIR_RECORD = "pair.json"
 
@@ -133,6 +134,9 @@ def _run_pair(
         "optical": pair.optical.uri,
         "sar": pair.sar.uri,
         "output": pair_output(region, pair),
+        # the catalog's acquisition times land in the products (STAC start/end_datetime)
+        "pre_date": pair.optical.datetime.isoformat(),
+        "post_date": pair.sar.datetime.isoformat(),
         "model": region.model,
         "overrides": region.overrides,
         **{k: v for k, v in params.items() if v is not None},
@@ -177,7 +181,9 @@ def monitor_region(
             skipped.append(pair.id)
             records.append(existing)
             continue
-        logger.info("pair %s: %s + %s", pair.id, pair.optical.uri, pair.sar.uri)
+        logger.info(
+            "pair %s: %s + %s", pair.id, redact_spec(pair.optical.uri), redact_spec(pair.sar.uri)
+        )
         try:
             manifest = _run_pair(
                 cfg, pair, deployment, {"dask_address": dask_address, "registry": registry}

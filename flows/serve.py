@@ -26,8 +26,16 @@ class ServeError(M2CDError):
     """The server or the runner could not start."""
 
 
-def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
-    """Environment for the children: own PREFECT_HOME, analytics off, fast runner polling."""
+def server_env(
+    home: Path, api_url: str | None = None, ui_api_url: str | None = None
+) -> dict[str, str]:
+    """Environment for the children: own PREFECT_HOME, analytics off, fast runner polling.
+
+    `ui_api_url` is the API the served UI talks to. Prefect derives it from its own settings
+    (port 4200), not from `prefect server start --port`, so without it `m2cd serve --port 4517`
+    served a UI stuck on "Can't connect to Server API". A PREFECT_UI_API_URL the user set wins
+    (a UI reached through a proxy or another host name).
+    """
     env = dict(os.environ)
     env.update(
         PREFECT_HOME=str(home),
@@ -38,6 +46,8 @@ def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
         env["PREFECT_API_URL"] = api_url
     else:
         env.pop("PREFECT_API_URL", None)
+    if ui_api_url and not (env.get("PREFECT_UI_API_URL") or env.get("PREFECT_SERVER_UI_API_URL")):
+        env["PREFECT_SERVER_UI_API_URL"] = ui_api_url
     return env
 
 
@@ -105,7 +115,7 @@ def serve_command(
         with open(home / "server.log", "ab") as log:
             server = subprocess.Popen(  # own session: a terminal Ctrl-C reaches only us
                 server_cmd,
-                env=server_env(home),
+                env=server_env(home, ui_api_url=api_url),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -10,6 +10,11 @@ A region's scenes come from one of two sources:
   where ``<date>`` is ``YYYY-MM-DD``, ``YYYYMMDD``, or either followed by ``THHMMSS`` /
   ``THH:MM:SS`` (UTC). Files that do not start with a date are ignored (and listed in
   ``Catalog.skipped``). The prefix is the region: no footprint filtering is done.
+* **stac-api** (a STAC API searched with pystac-client: ``collections``, ``intersects`` the AOI,
+  the ``datetime`` window; ``max_cloud`` on optical ``eo:cloud_cover``, ``orbit_state`` on SAR
+  ``sat:orbit_state``), **stac-catalog** (a static ``catalog.json``, crawled) and **geoparquet**
+  (STAC-GeoParquet) give Items filtered the same way (``pipeline.catalog_sources``); an Item with
+  a URL or file of its own is the scene (its bands picked by common name, ``pipeline.io.sources``).
 * **stac**: a STAC ItemCollection JSON (local or ``s3://``). Each item's role is
   ``properties["m2cd:role"]`` when present, else ``sar`` when it has any ``sar:*`` property, else
   ``optical``; its time is ``properties.datetime``; its image is the asset named by ``asset`` (default:
@@ -42,11 +47,34 @@ _IMAGE_SUFFIXES = (".tif", ".tiff", ".vrt", ".png", ".jp2")
 
 
 class SourceConfig(ConfigSection):
-    """Where a region's scenes are listed."""
+    """Where a region's scenes are listed (STAC filters apply to every STAC kind)."""
 
-    kind: Literal["prefix", "stac"] = "prefix"
-    uri: str = Field(description="Prefix (local or s3://) or STAC ItemCollection JSON.")
-    asset: str | None = Field(default=None, description="STAC asset key (default: first GeoTIFF).")
+    kind: Literal["prefix", "stac", "stac-api", "stac-catalog", "geoparquet"] = "prefix"
+    uri: str = Field(
+        description="Prefix (local or s3://), STAC ItemCollection JSON, STAC API root URL, "
+        "static catalog.json, or STAC-GeoParquet file."
+    )
+    asset: str | None = Field(
+        default=None,
+        description="STAC asset key; default: the Item itself where it has a URL or file (bands "
+        "picked by common name), else its first GeoTIFF asset.",
+    )
+    collections: list[str] = Field(default_factory=list, description="STAC collections to keep.")
+    datetime: str | None = Field(
+        default=None, description="STAC datetime window 'start/end' ('..' open); none: all."
+    )
+    max_cloud: float | None = Field(
+        default=None, ge=0, le=100, description="Optical items: eo:cloud_cover at most this (%)."
+    )
+    orbit_state: Literal["ascending", "descending"] | None = Field(
+        default=None, description="SAR items: sat:orbit_state."
+    )
+    max_items: int = Field(default=1000, ge=1, description="STAC API: most items one search reads.")
+
+    @field_validator("uri")
+    @classmethod
+    def _home(cls, v: str) -> str:
+        return os.path.expanduser(v) if v.startswith("~") else v
 
 
 class PairingConfig(ConfigSection):
@@ -69,6 +97,11 @@ class RegionConfig(ConfigSection):
     overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted DetectConfig keys.")
     schedule: str = Field(default="0 6 * * *", description="Cron of the monitor deployment (UTC).")
     enabled: bool = Field(default=True, description="False: `m2cd serve` skips it unless named.")
+
+    @field_validator("output")
+    @classmethod
+    def _home(cls, v: str) -> str:
+        return os.path.expanduser(v) if v.startswith("~") else v
 
     @field_validator("aoi")
     @classmethod
@@ -163,10 +196,6 @@ def list_prefix(uri: str) -> Catalog:
     return Catalog(scenes=scenes, skipped=skipped)
 
 
-def _intersects(a: tuple[float, ...], b: list[float]) -> bool:
-    return not (b[2] < a[0] or b[0] > a[2] or b[3] < a[1] or b[1] > a[3])
-
-
 def _item_role(props: dict[str, Any]) -> Role:
     role = props.get("m2cd:role")
     if role in ("optical", "sar"):
@@ -192,6 +221,38 @@ def _absolute(href: str, collection_uri: str) -> str:
     return collection_uri.rsplit("/", 1)[0] + "/" + href.removeprefix("./")
 
 
+def scenes_from_items(
+    items: list[dict[str, Any]], source: SourceConfig, aoi: Any, where: str
+) -> Catalog:
+    """SceneRefs of the Items that pass the source's filters (`catalog_sources.keep`)."""
+    from pipeline.catalog_sources import item_time, keep, parse_window
+
+    try:
+        window = parse_window(source.datetime)
+    except ValueError as exc:
+        raise ConfigError(
+            f"source.datetime: {source.datetime!r} is not 'start/end' ({exc})"
+        ) from None
+    scenes, skipped = [], []
+    for item in items:
+        props = item.get("properties") or {}
+        when = item_time(item)
+        if when is None:
+            skipped.append(str(item.get("id")))
+            continue
+        role = _item_role(props)
+        if not keep(
+            item, role, aoi, source.collections, window, source.max_cloud, source.orbit_state
+        ):
+            continue
+        if source.asset is None and item.get("href"):
+            uri = item["href"]  # the Item itself: its bands picked by common name
+        else:
+            uri = _absolute(_item_asset(item, source.asset, where), where)
+        scenes.append(SceneRef(uri=uri, role=role, datetime=when, id=str(item["id"])))
+    return Catalog(scenes=scenes, skipped=skipped)
+
+
 def list_stac(
     uri: str, aoi: tuple[float, float, float, float] | None = None, asset: str | None = None
 ) -> Catalog:
@@ -199,32 +260,37 @@ def list_stac(
     data = storage.read_json(uri)
     if data.get("type") != "FeatureCollection":
         raise InputError(uri, f"expected a STAC ItemCollection, got type {data.get('type')!r}")
-    scenes, skipped = [], []
-    for item in data.get("features", []):
-        props = item.get("properties", {})
-        when = props.get("datetime")
-        if not when:
-            skipped.append(str(item.get("id")))
-            continue
-        if aoi is not None and item.get("bbox") and not _intersects(aoi, item["bbox"]):
-            continue
-        dt = datetime.fromisoformat(when.replace("Z", "+00:00"))
-        scenes.append(
-            SceneRef(
-                uri=_absolute(_item_asset(item, asset, uri), uri),
-                role=_item_role(props),
-                datetime=dt if dt.tzinfo else dt.replace(tzinfo=UTC),
-                id=str(item["id"]),
-            )
-        )
-    return Catalog(scenes=scenes, skipped=skipped)
+    source = SourceConfig(kind="stac", uri=uri, asset=asset)
+    return scenes_from_items(data.get("features", []), source, aoi, uri)
 
 
 def discover(region: RegionConfig) -> Catalog:
     """The region's scenes, whatever the source kind."""
-    if region.source.kind == "stac":
-        return list_stac(region.source.uri, region.aoi, region.source.asset)
-    return list_prefix(region.source.uri)
+    from pipeline import catalog_sources as cs
+
+    src = region.source
+    if src.kind == "prefix":
+        return list_prefix(src.uri)
+    if src.kind == "stac":
+        data = storage.read_json(src.uri)
+        if data.get("type") != "FeatureCollection":
+            raise InputError(src.uri, f"expected a STAC ItemCollection, got {data.get('type')!r}")
+        items = data.get("features", [])
+    elif src.kind == "stac-api":
+        items = cs.search_api(
+            src.uri,
+            region.aoi,
+            src.collections,
+            src.datetime,
+            src.max_cloud,
+            src.orbit_state,
+            src.max_items,
+        )
+    elif src.kind == "stac-catalog":
+        items = cs.read_static(src.uri)
+    else:
+        items = cs.read_geoparquet(src.uri)
+    return scenes_from_items(items, src, region.aoi, src.uri)
 
 
 def pair_id(optical: SceneRef, sar: SceneRef) -> str:

@@ -11,9 +11,11 @@ class InputError(M2CDError):
     """A bad input: missing, unreadable, wrong shape or bands, grids that do not overlap."""
 
     def __init__(self, source: str, problem: str):
-        self.source = source
-        self.problem = problem
-        super().__init__(f"{source}: {problem}")
+        from pipeline.io.remote import redact_text  # signed URLs and env credentials never shown
+
+        self.source = redact_text(source)
+        self.problem = redact_text(problem)
+        super().__init__(f"{self.source}: {self.problem}")
 
 
 class ConfigError(M2CDError):

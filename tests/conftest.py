@@ -12,7 +12,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "real"
 
-pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.prefect", "tests.fixtures.checkpoint"]
+pytest_plugins = [
+    "tests.fixtures.s3",
+    "tests.fixtures.prefect",
+    "tests.fixtures.checkpoint",
+    "tests.fixtures.http_range",
+]
 
 
 @pytest.fixture(scope="session")

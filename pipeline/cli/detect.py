@@ -9,8 +9,17 @@ import typer
 
 
 def detect_command(
-    optical: Annotated[str, typer.Argument(help="Pre-event optical scene (path or s3:// URI).")],
-    sar: Annotated[str, typer.Argument(help="Post-event SAR scene (path or s3:// URI).")],
+    optical: Annotated[
+        str,
+        typer.Argument(
+            help="Pre-event optical scene: a raster (path, s3://, https://, /vsicurl/, gs://, "
+            "az://), bands as B02.tif,B03.tif,B04.tif,B08.tif, a VRT, or a STAC Item (.json)."
+        ),
+    ],
+    sar: Annotated[
+        str,
+        typer.Argument(help="Post-event SAR scene: the same forms (e.g. VV.tif,VH.tif)."),
+    ],
     out: Annotated[str, typer.Option("--out", "-o", help="Output prefix (directory or s3://).")],
     checkpoint: Annotated[
         str | None, typer.Option(help="Checkpoint directory (local or s3:// prefix).")
@@ -49,6 +58,14 @@ def detect_command(
         ),
     ] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace products of another run.")] = False,
+    pre_date: Annotated[
+        str | None,
+        typer.Option(help="Optical acquisition (ISO date/time) [from the STAC Item or tags]."),
+    ] = None,
+    post_date: Annotated[
+        str | None,
+        typer.Option(help="SAR acquisition (ISO date/time) [from the STAC Item or tags]."),
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")
     ] = None,
@@ -89,6 +106,8 @@ def detect_command(
         model=model,
         config=cfg,
         overwrite=overwrite,
+        pre_date=pre_date,
+        post_date=post_date,
     )
     echo = (lambda line: typer.echo(line, err=True)) if json_ else typer.echo
     summary = detect(request, progress=progress, workers=workers, echo=echo)

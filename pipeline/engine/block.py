@@ -24,6 +24,7 @@ from pipeline.engine.read_ahead import read_ahead_depth
 from pipeline.engine.routing import BlockRouting
 from pipeline.engine.tiling import BlockSpec
 from pipeline.io import storage
+from pipeline.io.remote import is_remote_input
 from pipeline.products.zarr_store import write_region
 
 
@@ -88,7 +89,7 @@ def run_block(
         threshold=threshold,
         min_valid_fraction=plan.config.tiling.min_valid_fraction,
         prefetch=read_ahead_depth(
-            inf.prefetch, device, storage.is_remote(plan.optical) or storage.is_remote(plan.sar)
+            inf.prefetch, device, is_remote_input(plan.optical) or is_remote_input(plan.sar)
         ),
         on_batch=on_tiles,
         on_predicted=routing.on_predicted if routing is not None else None,

@@ -20,6 +20,8 @@ from pipeline.engine.plan import MANIFEST, STAGING_DIR, STORE, RunPlan, read_man
 from pipeline.engine.routing import routing_shares
 from pipeline.errors import InputError, M2CDError, OutputExistsError
 from pipeline.io import storage
+from pipeline.io.remote import redact_spec
+from pipeline.io.sources import resolve_input
 from pipeline.products import ProductMetadata, write_products
 from pipeline.products.diagnostics import RoutingBlock
 from pipeline.products.model_info import model_info
@@ -61,6 +63,8 @@ def _product_metadata(plan: RunPlan) -> ProductMetadata:
         shape=(plan.grid.height, plan.grid.width),
         optical_uri=plan.optical,
         sar_uri=plan.sar,
+        optical_gdal_path=resolve_input(plan.optical, "optical").gdal_path,
+        sar_gdal_path=resolve_input(plan.sar, "sar").gdal_path,
         optical_bands=plan.config.optical.bands,
         model_digest=plan.model.digest,
         model_name=plan.model.name or os.path.basename((plan.model.checkpoint or "").rstrip("/")),
@@ -71,6 +75,8 @@ def _product_metadata(plan: RunPlan) -> ProductMetadata:
         model=model_info(
             plan.model.checkpoint, plan.model.name, plan.model.digest, plan.config, plan.sar_units
         ),
+        optical_datetime=plan.optical_datetime,
+        sar_datetime=plan.sar_datetime,
         created=plan.created,
     )
 
@@ -174,7 +180,8 @@ def finalize_run(
             "created": plan.created.isoformat(),
             "finished": datetime.now(UTC).isoformat(),
             "summary": summary.model_dump(mode="json"),
-            "plan": plan.model_dump(mode="json", exclude={"blocks"}),
+            "plan": plan.model_dump(mode="json", exclude={"blocks"})
+            | {"optical": redact_spec(plan.optical), "sar": redact_spec(plan.sar)},
         },
     )
     storage.remove(plan.staging, recursive=True)

@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.config import DetectConfig
 from pipeline.engine.models import ModelRef
 from pipeline.geometry import PixelBox
+from pipeline.io.band_names import pick_by_name, trained_band_names
 from pipeline.io.bands import (
     check_trained_bands,
     model_channels,
@@ -51,8 +52,13 @@ def for_model(
     """The config with the bands the model takes (`pipeline.io.bands`) and the pair opened with
     them: the same pair when the bands did not change, else reopened once."""
     opt_ch, sar_ch = model_channels(ref.checkpoint, ref.name)
+    named = bands_by_name(cfg, pair, trained_band_names(ref.checkpoint))
     resolved = resolve_bands(
-        cfg, (pair.optical.uri, pair.optical.count), (pair.sar.uri, pair.sar.count), opt_ch, sar_ch
+        named,
+        (pair.optical.uri, pair.optical.count),
+        (pair.sar.uri, pair.sar.count),
+        opt_ch,
+        sar_ch,
     )
     check_trained_bands(
         resolved,
@@ -63,6 +69,26 @@ def for_model(
     if resolved is cfg:
         return cfg, pair
     return resolved, open_pair(pair.optical.uri, pair.sar.uri, resolved)
+
+
+def bands_by_name(
+    cfg: DetectConfig, pair: AlignedPair, trained: tuple[list[str] | None, list[str] | None]
+) -> DetectConfig:
+    """`cfg` with the bands the model was trained on picked by name where the config names none
+    and the inputs name their bands (`pipeline.io.band_names`); unchanged otherwise."""
+    update: dict[str, object] = {}
+    for role, scene, names in (
+        ("optical", pair.optical, trained[0]),
+        ("sar", pair.sar, trained[1]),
+    ):
+        section = cfg.optical if role == "optical" else cfg.sar
+        labels = scene.band_names
+        if section.bands is not None or not names or not any(labels):
+            continue
+        picked = pick_by_name(labels, names)
+        if picked is not None and picked != scene.bands:
+            update[role] = section.model_copy(update={"bands": picked})
+    return cfg.model_copy(update=update) if update else cfg
 
 
 def remember(run_key: str, pair: AlignedPair) -> None:

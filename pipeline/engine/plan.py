@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +28,7 @@ from pipeline.errors import OutputExistsError
 from pipeline.io import storage
 from pipeline.io.normalize import SarUnits
 from pipeline.io.paths import require_bucket, resolve_output
+from pipeline.io.sources import fingerprint
 from pipeline.products import PRODUCT_FILES
 from pipeline.products.zarr_store import create_store
 
@@ -55,6 +55,9 @@ class RunPlan(BaseModel):
     resampling: str | None
     # decided once here (sampling SAR windows) and reused by every worker that reopens the pair
     sar_units: SarUnits | None = None
+    # acquisitions: the user's --pre-date/--post-date, else what the inputs record (STAC, tags)
+    optical_datetime: datetime | None = None
+    sar_datetime: datetime | None = None
     config: DetectConfig
     config_hash: str
     model: ModelRef
@@ -114,22 +117,25 @@ def config_hash(cfg: DetectConfig) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def _fingerprint(uri: str) -> dict[str, Any]:
-    """Identity of an input file: URI, size and modification stamp (ETag on S3)."""
-    if not storage.is_remote(uri):
-        st = os.stat(uri.removeprefix("file://"))
-        return {"uri": os.path.abspath(uri), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    info = storage.fs_for(uri).info(uri)
-    stamp = info.get("ETag") or info.get("LastModified") or info.get("mtime")
-    return {"uri": uri, "size": info.get("size"), "stamp": str(stamp)}
-
-
-def run_key(optical: str, sar: str, model_digest: str, cfg_hash: str) -> str:
+def run_key(
+    optical: str,
+    sar: str,
+    model_digest: str,
+    cfg_hash: str,
+    dates: tuple[datetime | None, datetime | None] = (None, None),
+) -> str:
     """16 hex digits naming a run: same inputs (by size and stamp), model and config, same key,
-    so a rerun resumes instead of starting over."""
-    payload = json.dumps(
-        [_fingerprint(optical), _fingerprint(sar), model_digest, cfg_hash], sort_keys=True
-    )
+    so a rerun resumes instead of starting over. Acquisition dates given by the user (they land
+    in the products) join the key only when given, so every other run keeps its key."""
+    items: list[Any] = [
+        fingerprint(optical, "optical"),
+        fingerprint(sar, "sar"),
+        model_digest,
+        cfg_hash,
+    ]
+    if any(d is not None for d in dates):
+        items.append([d.isoformat() if d is not None else None for d in dates])
+    payload = json.dumps(items, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -162,7 +168,8 @@ def plan_run(request: DetectRequest) -> RunPlan:
     if cfg.products.diagnostics:
         require_moe(ref.checkpoint, ref.name)
     chash = config_hash(cfg)
-    key = run_key(request.optical, request.sar, ref.digest, chash)
+    dates = (request.pre_date, request.post_date)
+    key = run_key(request.optical, request.sar, ref.digest, chash, dates)
     pairs.remember(key, pair)
     out = out.rstrip("/") if storage.is_remote(out) else out
     staging = storage.join(out, STAGING_DIR, key)
@@ -207,6 +214,8 @@ def plan_run(request: DetectRequest) -> RunPlan:
         grid=grid,
         resampling=pair.resampling,
         sar_units=pair.sar.units,
+        optical_datetime=request.pre_date or pair.optical.acquired,
+        sar_datetime=request.post_date or pair.sar.acquired,
         config=cfg,
         config_hash=chash,
         model=ref,

@@ -6,9 +6,10 @@ a bad one in one line) without importing the engine's heavier modules.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from m2cd.pretrained import shipped_checkpoint
 from pipeline.config import DetectConfig
@@ -30,6 +31,14 @@ class DetectRequest(BaseModel):
     model: str | None = None
     config: DetectConfig = DetectConfig()
     overwrite: bool = False
+    # acquisition times when the inputs record none (or another); a bare date is 00:00 UTC
+    pre_date: datetime | None = None
+    post_date: datetime | None = None
+
+    @field_validator("pre_date", "post_date")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return v if v is None or v.tzinfo else v.replace(tzinfo=UTC)
 
     @model_validator(mode="before")
     @classmethod
@@ -72,5 +81,8 @@ def validate_request(**kwargs: Any) -> DetectRequest:
     try:
         return DetectRequest(**kwargs)
     except ValidationError as exc:
-        msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        msgs = "; ".join(
+            (f"{e['loc'][0]}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
         raise ConfigError(f"detect request: {msgs}") from None

@@ -89,6 +89,8 @@ class WarpedScene:
         self.dtype = source.dtype
         self.bands = source.bands
         self.units = source.units
+        self.band_names = source.band_names
+        self.acquired = source.acquired
         # Outside the SAR footprint GDAL writes the fill: nodata, or 0 (SAR zero fill).
         self.nodata = source.nodata
         self.block_shape = (min(_CHUNK, self.shape[0]), min(_CHUNK, self.shape[1]))
@@ -122,7 +124,7 @@ class WarpedScene:
         return out
 
     def _warp(self, inner: PixelBox, src_nodata: float) -> np.ndarray:
-        with storage.gdal_env(self.uri), warnings.catch_warnings():
+        with storage.gdal_env(self.source.path), warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with WarpedVRT(
                 self.source.datasets.get(),

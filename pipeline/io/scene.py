@@ -12,6 +12,7 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -24,6 +25,7 @@ from pipeline.errors import InputError
 from pipeline.geometry import PixelBox
 from pipeline.io import storage
 from pipeline.io.normalize import SarUnits, infer_sar_units
+from pipeline.io.sources import acquired_from_tags, check_supported, resolve_input, split_list
 
 Role = Literal["optical", "sar"]
 _TARGET_CHUNK = 1024  # dask chunks: whole multiples of the file's blocks, about this many pixels
@@ -78,6 +80,11 @@ class Scene:
     bands: list[int]  # 1-based indexes actually used
     block_shape: tuple[int, int]
     units: SarUnits | None = None  # SAR only: resolved units (never "auto")
+    gdal_source: str = field(
+        default="", repr=False
+    )  # what GDAL opens (pipeline.io.sources); "" = uri
+    band_names: tuple[str | None, ...] = ()  # one per file band: list/STAC names, descriptions
+    acquired: datetime | None = None  # acquisition time the input records (STAC Item, tags)
     _data: Any = field(default=None, repr=False)
     datasets: ThreadDatasets = field(init=False, repr=False, compare=False)
 
@@ -95,8 +102,8 @@ class Scene:
 
     @property
     def path(self) -> str:
-        """The path GDAL opens (/vsis3/ for s3:// URIs)."""
-        return storage.gdal_path(self.uri)
+        """The path GDAL opens (/vsis3/ for s3:// URIs, a VRT for band lists and STAC Items)."""
+        return self.gdal_source or storage.gdal_path(self.uri)
 
     def read_window(self, window: PixelBox) -> np.ndarray:
         """bands×h×w array of the file's dtype; outside the scene filled with `fill_value`."""
@@ -105,7 +112,7 @@ class Scene:
         if inner is None:
             return out
         try:
-            with storage.gdal_env(self.uri), warnings.catch_warnings():
+            with storage.gdal_env(self.path), warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 part = self.datasets.get().read(self.bands, window=inner.to_rasterio())
         except RasterioIOError as exc:
@@ -184,7 +191,9 @@ def lazy_dataarray(scene: Any, chunk: tuple[int, int]):
 
 
 def _source_problem(uri: str) -> str | None:
-    """Why `uri` cannot be opened before GDAL tries, or None."""
+    """Why `uri` cannot be opened before GDAL tries, or None (https, gs, az: GDAL tries)."""
+    if uri.startswith("/vsi") or (not storage.is_remote(uri) and "://" in uri):
+        return None
     if storage.is_remote(uri):
         try:
             return None if storage.exists(uri) else "file not found"
@@ -251,15 +260,20 @@ def open_scene(uri: str | os.PathLike[str], role: Role, cfg: DetectConfig) -> Sc
     uri = os.fspath(uri)
     if role not in ("optical", "sar"):
         raise ValueError(f"role must be 'optical' or 'sar', got {role!r}")
-    problem = _source_problem(uri)
-    if problem:
-        raise InputError(uri, problem)
+    for part in split_list(uri):
+        check_supported(part)
+        problem = _source_problem(part)
+        if problem:
+            raise InputError(part, problem)
+    resolved = resolve_input(uri, role)
     try:
-        with storage.gdal_env(uri), warnings.catch_warnings(record=True) as caught:
+        with storage.gdal_env(resolved.gdal_path), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NotGeoreferencedWarning)
-            src = rasterio.open(storage.gdal_path(uri))
+            src = rasterio.open(resolved.gdal_path)
         with src:
             header = {
+                "descriptions": tuple(src.descriptions),
+                "tags": dict(src.tags()),
                 "crs": src.crs,
                 "transform": src.transform,
                 "shape": (src.height, src.width),
@@ -271,6 +285,7 @@ def open_scene(uri: str | os.PathLike[str], role: Role, cfg: DetectConfig) -> Sc
     except RasterioIOError as exc:
         raise InputError(uri, f"not a readable raster ({storage.redact(str(exc))})") from None
     h, w = header["shape"]
+    names = resolved.band_names or header["descriptions"]
     if h == 0 or w == 0 or header["count"] == 0:
         raise InputError(uri, f"zero-size raster ({h}×{w}, {header['count']} bands)")
     if h * w > cfg.max_pixels:
@@ -297,6 +312,9 @@ def open_scene(uri: str | os.PathLike[str], role: Role, cfg: DetectConfig) -> Sc
         nodata=None if nodata is None else float(nodata),
         bands=_select_bands(uri, role, header["count"], cfg),
         block_shape=header["block_shape"],
+        gdal_source=resolved.gdal_path,
+        band_names=tuple(names),
+        acquired=resolved.acquired or acquired_from_tags(header["tags"]),
     )
     _check_fill(scene)
     if role == "sar":
@@ -320,77 +338,22 @@ def _check_fill(scene: Scene) -> None:
 
 
 def stack_bands(uris: list[str], out: str | os.PathLike[str]) -> str:
-    """Write a VRT that stacks single-band rasters on one grid as bands 1..n (e.g. S2 B02..B08).
+    """Write a VRT file that stacks single-band rasters on one grid as bands 1..n (e.g. S2 B02..B08),
+    each band named after its file. A band list given as `B02.tif,B03.tif,...` needs no file
+    (`pipeline.io.sources` stacks it in memory); this writes one to keep or share.
 
-    `out` may be local or `s3://`; sources are referenced by absolute path or /vsis3/ URI, so the
+    `out` may be local or `s3://`; sources are referenced by absolute path or /vsi… path, so the
     VRT can be opened from anywhere those sources can. Returns `out` as a string.
     """
-    from xml.sax.saxutils import escape
+    from pipeline.io.sources import band_label
+    from pipeline.io.vrt import BandSource, stack_xml
 
     if not uris:
         raise InputError(str(out), "stack_bands needs at least one source raster")
-    headers = []
     for uri in uris:
         problem = _source_problem(uri)
         if problem:
             raise InputError(uri, problem)
-        try:
-            with (
-                storage.gdal_env(uri),
-                warnings.catch_warnings(),
-                rasterio.open(storage.gdal_path(uri)) as src,
-            ):
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                headers.append(
-                    (
-                        src.crs,
-                        src.transform,
-                        src.height,
-                        src.width,
-                        src.dtypes[0],
-                        src.nodata,
-                        src.block_shapes[0],
-                    )
-                )
-        except RasterioIOError as exc:
-            raise InputError(uri, f"not a readable raster ({storage.redact(str(exc))})") from None
-    crs, transform, h, w, dtype, nodata, block = headers[0]
-    for uri, (c, t, hh, ww, dt, _, _) in zip(uris[1:], headers[1:], strict=True):
-        if (hh, ww) != (h, w) or c != crs or not t.almost_equals(transform):
-            raise InputError(uri, f"not on the grid of {uris[0]}: cannot stack as a band")
-        if dt != dtype:
-            raise InputError(uri, f"dtype {dt} differs from {dtype} of {uris[0]}")
-    gdal_type = {
-        "uint8": "Byte",
-        "int8": "Int8",
-        "uint16": "UInt16",
-        "int16": "Int16",
-        "uint32": "UInt32",
-        "int32": "Int32",
-        "float32": "Float32",
-        "float64": "Float64",
-    }[dtype]
-    lines = [f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}">']
-    if crs is not None:
-        lines.append(f"  <SRS>{escape(crs.to_wkt())}</SRS>")
-    gt = transform.to_gdal()
-    lines.append("  <GeoTransform>" + ", ".join(repr(float(v)) for v in gt) + "</GeoTransform>")
-    for i, uri in enumerate(uris, start=1):
-        src_path = storage.gdal_path(uri) if storage.is_remote(uri) else os.path.abspath(uri)
-        lines.append(f'  <VRTRasterBand dataType="{gdal_type}" band="{i}">')
-        if nodata is not None:
-            lines.append(f"    <NoDataValue>{nodata!r}</NoDataValue>")
-        lines += [
-            "    <SimpleSource>",
-            f'      <SourceFilename relativeToVRT="0">{escape(src_path)}</SourceFilename>',
-            "      <SourceBand>1</SourceBand>",
-            f'      <SourceProperties RasterXSize="{w}" RasterYSize="{h}" DataType="{gdal_type}"'
-            f' BlockXSize="{block[1]}" BlockYSize="{block[0]}" />',
-            f'      <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}" />',
-            f'      <DstRect xOff="0" yOff="0" xSize="{w}" ySize="{h}" />',
-            "    </SimpleSource>",
-            "  </VRTRasterBand>",
-        ]
-    lines.append("</VRTDataset>")
-    storage.write_bytes_atomic(out, ("\n".join(lines) + "\n").encode())
+    xml, _ = stack_xml([BandSource(u, 1, band_label(u)) for u in uris])
+    storage.write_bytes_atomic(out, xml.encode())
     return os.fspath(out)

@@ -42,12 +42,15 @@ def s3_endpoint() -> str | None:
 
 
 def redact(text: str) -> str:
-    """Replace every credential value from the environment found in `text` by `***`."""
+    """`text` with every credential value from the environment replaced by `***` and every URL's
+    user:password@ and secret-bearing query string dropped (`pipeline.io.remote`)."""
+    from pipeline.io.remote import redact_text
+
     for var in _SECRET_VARS:
         value = os.environ.get(var)
         if value and len(value) >= 4:
             text = text.replace(value, "***")
-    return text
+    return redact_text(text)
 
 
 def _local_path(uri: str | os.PathLike[str]) -> str:
@@ -89,9 +92,14 @@ def gdal_options(uri: str | os.PathLike[str]) -> dict[str, str]:
     Credentials are *not* included: GDAL reads `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` from the
     process environment itself, and `rasterio.Env` refuses them as keyword options.
     """
-    if not is_remote(uri):
+    from pipeline.io.remote import is_remote_input
+
+    text = str(uri)
+    if not is_remote_input(text) and "/vsi" not in text:  # a local path (a VRT may hold /vsi…)
         return {}
     options = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}  # no LIST per open: sidecars unused
+    if "s3://" not in text and "/vsis3/" not in text:
+        return options
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
     if region:
         options["AWS_REGION"] = region
@@ -133,8 +141,11 @@ def gdal_env(uri: str | os.PathLike[str]) -> Iterator[None]:
 
 
 def gdal_path(uri: str | os.PathLike[str]) -> str:
-    """The path GDAL opens: `/vsis3/bucket/key` for `s3://bucket/key`, the local path otherwise."""
-    return f"/vsis3/{_strip(uri)}" if is_remote(uri) else _local_path(uri)
+    """The path GDAL opens: `/vsis3/bucket/key` for `s3://bucket/key`, `/vsicurl/` for https,
+    `/vsigs/`, `/vsiaz/` (`pipeline.io.remote`), the local path otherwise."""
+    from pipeline.io.remote import gdal_path as remote_gdal_path
+
+    return remote_gdal_path(str(uri))
 
 
 def exists(uri: str | os.PathLike[str]) -> bool:

@@ -46,6 +46,10 @@ class ProductMetadata(BaseModel):
     shape: tuple[int, int] = Field(description="(height, width) of the scene grid.")
     optical_uri: str
     sar_uri: str
+    # What GDAL opens for each scene (a /vsi… path, or a VRT for band lists and STAC Items),
+    # unredacted because a signed URL needs its signature: never serialised (exclude).
+    optical_gdal_path: str | None = Field(default=None, exclude=True, repr=False)
+    sar_gdal_path: str | None = Field(default=None, exclude=True, repr=False)
     optical_bands: list[int] | None = Field(
         default=None,
         description=(

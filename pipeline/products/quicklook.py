@@ -114,8 +114,9 @@ def read_optical_rgb(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decimated natural-colour RGB (3×h×w float32, 0..255) and its valid mask."""
     uri = meta.optical_uri
+    path = meta.optical_gdal_path or gdal_path(uri)
     try:
-        with gdal_env(uri), rasterio.open(gdal_path(uri)) as src:
+        with gdal_env(path), rasterio.open(path) as src:
             bands, why = rgb_bands(src, wanted)
             bad = [b for b in bands if not 1 <= b <= src.count]
             if bad:
@@ -145,9 +146,10 @@ def read_sar_grey(meta: ProductMetadata, out_shape: tuple[int, int]) -> np.ndarr
     finished run's products must not be lost to, say, credentials that expired during the run.
     """
     uri = meta.sar_uri
+    path = meta.sar_gdal_path or gdal_path(uri)
     h, w = out_shape
     try:
-        with gdal_env(uri), rasterio.open(gdal_path(uri)) as src:
+        with gdal_env(path), rasterio.open(path) as src:
             if meta.crs is not None and src.crs is not None:
                 height, width = meta.shape
                 scaled = meta.affine @ rasterio.Affine.scale(width / w, height / h)

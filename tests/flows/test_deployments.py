@@ -27,7 +27,12 @@ def test_prefect_yaml_entrypoints_load_and_match_the_served_ones():
     assert monitors and all(d["schedules"][0]["cron"] for d in monitors)
 
 
-def test_template_region_is_not_served_by_default_but_can_be_named():
-    assert all(r.name != "example" for _, r in region_configs())
+def test_every_deployment_the_readme_promises_is_served_by_default():
+    """README: detect-scene/local, monitor-region/<region> (the example region) and retrain/local."""
+    from flows.deployments import build_deployments
+
+    served = {f"{d.flow_name}/{d.name}" for d in build_deployments()}
+    assert {"detect-scene/local", "retrain/local", "monitor-region/example"} <= served
     [(path, region)] = region_configs(["example"])
     assert region.name == "example" and path.endswith("configs/regions/example.yaml")
+    assert not region.output.startswith("~")  # home expanded

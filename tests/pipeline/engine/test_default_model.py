@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 
 import m2cd
 from m2cd.checkpoint import verify_checkpoint
@@ -53,6 +54,12 @@ def test_a_two_band_sar_scene_through_the_one_band_model_is_refused(tmp_path):
     from pipeline.synth import synth_pair
 
     scene = synth_pair(tmp_path / "s", size=(64, 64), seed=1, sar_bands=2)
+    # bands named VV, VH: the model's VV is picked by name (pipeline.io.band_names), no refusal
+    named = DetectRequest(optical=str(scene.optical), sar=str(scene.sar), out=str(tmp_path / "n"))
+    assert plan_run(named).config.sar.bands == [1]
+    with rasterio.open(scene.sar, "r+") as dst:  # unnamed bands: nothing says which is VV
+        for band in (1, 2):
+            dst.set_band_description(band, "")
     req = DetectRequest(optical=str(scene.optical), sar=str(scene.sar), out=str(tmp_path / "o"))
     with pytest.raises(
         InputError, match=r"2 sar band\(s\) selected but the model was trained on 1"
