@@ -21,18 +21,22 @@ from pipeline.engine.output_grid import pixel_area_km2
 from pipeline.engine.plan import RunPlan
 from pipeline.engine.predict import Predictor
 from pipeline.engine.read_ahead import read_ahead_depth
+from pipeline.engine.stage_times import stage
+from pipeline.engine.tile_share import TileShare
 from pipeline.engine.tiling import BlockSpec
 from pipeline.io import storage
 from pipeline.products.zarr_store import write_region
 
 
 class BlockResult(BaseModel):
-    """One block's counts (`resumed`: it was already done and nothing ran)."""
+    """One block's counts (`resumed`: it was already done and nothing ran; `tiles_run`: the tiles
+    this block ran, those it owns and any foreign one whose part was missing)."""
 
     block_id: int
     name: str
     tiles_run: int
     tiles_skipped: int
+    tiles_shared: int = 0  # straddling tiles' parts taken from the blocks that own them
     valid_px: int
     changed_px: int
     changed_km2: float | None
@@ -82,12 +86,21 @@ def run_block(
             inf.prefetch, device, storage.is_remote(plan.optical) or storage.is_remote(plan.sar)
         ),
         on_batch=on_tiles,
+        share=TileShare(
+            storage.join(plan.staging, "tiles"), plan.tile_grid, plan.config.tiling.block
+        ),
     )
     if on_tiles is not None and out.tiles_skipped:
         on_tiles(out.tiles_skipped)
-    write_region(
-        storage.zarr_store(plan.store_uri), block.y0, block.x0, out.probability, out.mask, out.valid
-    )
+    with stage("write"):
+        write_region(
+            storage.zarr_store(plan.store_uri),
+            block.y0,
+            block.x0,
+            out.probability,
+            out.mask,
+            out.valid,
+        )
     areas = pixel_area_km2(plan.grid, range(block.y0, block.y1))
     changed_km2 = None
     if areas is not None:
@@ -97,6 +110,7 @@ def run_block(
         name=block.name,
         tiles_run=out.tiles_run,
         tiles_skipped=out.tiles_skipped,
+        tiles_shared=out.tiles_shared,
         valid_px=out.valid_px,
         changed_px=out.changed_px,
         changed_km2=changed_km2,
@@ -104,7 +118,10 @@ def run_block(
     )
     # where and how it ran: CPU bits depend on the intra-op thread count (see local.run_pool)
     extra = {"pid": os.getpid(), "device": str(device), "torch_threads": torch.get_num_threads()}
-    storage.write_json(plan.marker_uri(block), {**result.model_dump(exclude={"resumed"}), **extra})
+    with stage("write"):
+        storage.write_json(
+            plan.marker_uri(block), {**result.model_dump(exclude={"resumed"}), **extra}
+        )
     return result
 
 
