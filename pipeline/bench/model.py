@@ -26,6 +26,7 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.bench.machine import machine_info
 from pipeline.engine.device import cpu_has_native_bf16
 
 
@@ -164,6 +165,7 @@ def run(
     # The goal figure: model FLOPs (implementation-independent, proportional to pairs/s).
     result["peak_fraction"] = result["fp32"]["model_peak_fraction"]
     result["peak_fraction_flops"] = "model"
+    result["machine"] = machine_info()
     return result
 
 

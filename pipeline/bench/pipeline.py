@@ -62,6 +62,7 @@ def run(
     workdir: str | None = None,
 ) -> dict[str, Any]:
     """Synthesise a size² pair, then time forward-only and end-to-end detect `repeats` times each."""
+    from pipeline.bench.machine import machine_info
     from pipeline.config import load_detect_config
     from pipeline.engine.device import resolve_device
     from pipeline.engine.local import detect
@@ -138,6 +139,7 @@ def run(
             "detect_seconds_all": [round(x, 3) for x in end_to_end],
             "goal": 0.85,
             "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "machine": machine_info(),
         }
 
 

@@ -50,7 +50,8 @@ def run(
 ) -> dict[str, Any]:
     """Median seconds of one training step and of one eval forward of the same batch."""
     import m2cd
-    from pipeline.engine.device import autocast_dtype, resolve_device
+    from pipeline.bench.machine import machine_info
+    from pipeline.engine.device import autocast_dtype, cpu_has_native_bf16, resolve_device
 
     dev = resolve_device(device)
     amp = autocast_dtype(dev, precision)
@@ -96,6 +97,9 @@ def run(
         "eval_pairs_per_s": batch / eval_s,
         "ratio": eval_s / train_s,
         "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        # an explicit bf16 on a CPU without it in hardware runs emulated: flagged, not hidden
+        "emulated_precision": dev.type == "cpu" and amp is not None and not cpu_has_native_bf16(),
+        "machine": machine_info(),
     }
 
 

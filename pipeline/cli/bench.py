@@ -35,20 +35,54 @@ def bench_model(
 
 def bench_pipeline(
     model: str = typer.Option("m2cd_mit_b0", "--model", help="Named config (random weights)."),
-    size: int = typer.Option(2048, "--size", min=64, help="Synthetic scene side in pixels."),
+    size: int | None = typer.Option(
+        None,
+        "--size",
+        min=64,
+        help="Synthetic scene side in pixels [default: 2048; 4096 with --null-model].",
+    ),
     tile: int = typer.Option(256, "--tile", min=32),
     overlap: int = typer.Option(64, "--overlap", min=0),
     block: int = typer.Option(2048, "--block", min=64),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
-    repeats: int = typer.Option(1, "--repeats", min=1),
+    repeats: int | None = typer.Option(
+        None, "--repeats", min=1, help="[default: 1; 3 with --null-model]"
+    ),
+    null_model: bool = typer.Option(
+        False,
+        "--null-model",
+        help="The engine's own ceiling: a model that costs nothing (with --model's bands), "
+        "against the I/O limit, with the time split by stage.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """End-to-end detect tiles/s ÷ in-memory batched forward tiles/s (same tiles and model)."""
+    if null_model:
+        from pipeline.bench import null_pipeline
+
+        result = null_pipeline.run(
+            size or 4096,
+            tile,
+            overlap,
+            block,
+            batch_size,
+            "cpu" if device == "auto" and not _cuda() else device,
+            repeats or 3,
+            bands_of=model,
+        )
+        typer.echo(json.dumps(result) if as_json else null_pipeline.format_table(result))
+        return
     from pipeline.bench.pipeline import format_table, run
 
-    result = run(model, size, tile, overlap, block, batch_size, device, repeats)
+    result = run(model, size or 2048, tile, overlap, block, batch_size, device, repeats or 1)
     typer.echo(json.dumps(result) if as_json else format_table(result))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def bench_memory(

@@ -22,6 +22,8 @@ from pipeline.engine.plan import RunPlan
 from pipeline.engine.predict import Predictor
 from pipeline.engine.read_ahead import read_ahead_depth
 from pipeline.engine.routing import BlockRouting
+from pipeline.engine.stage_times import stage
+from pipeline.engine.tile_share import TileShare
 from pipeline.engine.tiling import BlockSpec
 from pipeline.io import storage
 from pipeline.io.remote import is_remote_input
@@ -29,12 +31,14 @@ from pipeline.products.zarr_store import write_region
 
 
 class BlockResult(BaseModel):
-    """One block's counts (`resumed`: it was already done and nothing ran)."""
+    """One block's counts (`resumed`: it was already done and nothing ran; `tiles_run`: the tiles
+    this block ran, those it owns and any foreign one whose part was missing)."""
 
     block_id: int
     name: str
     tiles_run: int
     tiles_skipped: int
+    tiles_shared: int = 0  # straddling tiles' parts taken from the blocks that own them
     valid_px: int
     changed_px: int
     changed_km2: float | None
@@ -93,12 +97,24 @@ def run_block(
         ),
         on_batch=on_tiles,
         on_predicted=routing.on_predicted if routing is not None else None,
+        # diagnostics need every tile's routing in the block that blends it: no sharing then
+        share=None
+        if routing is not None
+        else TileShare(
+            storage.join(plan.staging, "tiles"), plan.tile_grid, plan.config.tiling.block
+        ),
     )
     if on_tiles is not None and out.tiles_skipped:
         on_tiles(out.tiles_skipped)
-    write_region(
-        storage.zarr_store(plan.store_uri), block.y0, block.x0, out.probability, out.mask, out.valid
-    )
+    with stage("write"):
+        write_region(
+            storage.zarr_store(plan.store_uri),
+            block.y0,
+            block.x0,
+            out.probability,
+            out.mask,
+            out.valid,
+        )
     counts = routing.save(plan.routing_uri(block), out.valid) if routing is not None else None
     areas = pixel_area_km2(plan.grid, range(block.y0, block.y1))
     changed_km2 = None
@@ -109,6 +125,7 @@ def run_block(
         name=block.name,
         tiles_run=out.tiles_run,
         tiles_skipped=out.tiles_skipped,
+        tiles_shared=out.tiles_shared,
         valid_px=out.valid_px,
         changed_px=out.changed_px,
         changed_km2=changed_km2,
@@ -118,7 +135,8 @@ def run_block(
     # where and how it ran: CPU bits depend on the intra-op thread count (see local.run_pool)
     extra = {"pid": os.getpid(), "device": str(device), "torch_threads": torch.get_num_threads()}
     record = result.model_dump(exclude={"resumed"} if counts else {"resumed", "routing_counts"})
-    storage.write_json(plan.marker_uri(block), {**record, **extra})
+    with stage("write"):
+        storage.write_json(plan.marker_uri(block), {**record, **extra})
     return result
 
 

@@ -9,8 +9,11 @@ and slower than fp32, so `auto` stays fp32 there.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from pipeline.errors import ConfigError
 
@@ -36,15 +39,78 @@ def resolve_device(name: str, field: str = "device") -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU computes bf16 in hardware (AVX512_BF16 or AMX)."""
-    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
-    native = getattr(getattr(torch, "cpu", None), "_is_avx512_bf16_supported", lambda: False)()
-    return capability in {"AVX512", "AMX"} and bool(native)
+class CpuIsa(BaseModel):
+    """The CPU features the fast-path choices depend on (from /proc/cpuinfo and torch)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    torch_capability: str  # the kernels torch dispatches to: DEFAULT, AVX2, AVX512, ...
+    avx2: bool = False
+    avx512: bool = False
+    avx512_bf16: bool = False
+    amx_bf16: bool = False
+
+    @property
+    def native_bf16(self) -> bool:
+        """bf16 in hardware *and* torch dispatching the kernels that use it (AVX-512 or AMX).
+
+        Elsewhere torch emulates bf16 in fp32 with conversions: slower than fp32 (the AVX2-only
+        EPYC took 15 min for `bench model`, most of it in emulated bf16).
+        """
+        kernels = self.torch_capability.upper().startswith(("AVX512", "AMX"))
+        return kernels and (self.avx512_bf16 or self.amx_bf16)
 
 
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device`, or None for plain fp32 (see module doc)."""
+def _cpu_flags() -> set[str] | None:
+    path = Path("/proc/cpuinfo")
+    if not path.exists():
+        return None
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+@lru_cache(maxsize=1)
+def detect_cpu_isa() -> CpuIsa:
+    """This machine's CpuIsa (cached: it does not change while the process runs)."""
+    capability = str(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")())
+    flags = _cpu_flags()
+    if flags is None:  # no /proc/cpuinfo (macOS, Windows): what torch itself reports
+        cpu = getattr(torch, "cpu", None)
+        bf16 = bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+        amx = bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+        return CpuIsa(
+            torch_capability=capability,
+            avx2=capability.upper() in {"AVX2", "AVX512", "AMX"},
+            avx512=capability.upper().startswith("AVX512"),
+            avx512_bf16=bf16,
+            amx_bf16=amx,
+        )
+    return CpuIsa(
+        torch_capability=capability,
+        avx2="avx2" in flags,
+        avx512="avx512f" in flags,
+        avx512_bf16="avx512_bf16" in flags,
+        amx_bf16="amx_bf16" in flags,
+    )
+
+
+def cpu_has_native_bf16(isa: CpuIsa | None = None) -> bool:
+    """True where the CPU computes bf16 in hardware (AVX512_BF16 or AMX) and torch uses it."""
+    return (isa or detect_cpu_isa()).native_bf16
+
+
+def autocast_dtype(
+    device: torch.device,
+    precision: str,
+    isa: CpuIsa | None = None,
+    cuda_bf16: bool | None = None,
+) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`, or None for plain fp32 (see module doc).
+
+    `isa` and `cuda_bf16` default to this machine's; tests inject them to cover every branch.
+    """
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -52,5 +118,7 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if precision == "fp16":
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
+        if cuda_bf16 is None:
+            cuda_bf16 = torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16(isa) else None

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.config import DetectConfig
 from pipeline.engine.models import ModelRef
+from pipeline.engine.stage_times import stage
 from pipeline.geometry import PixelBox
 from pipeline.io.band_names import pick_by_name, trained_band_names
 from pipeline.io.bands import (
@@ -125,19 +126,21 @@ def pair_reader(
     opt, sar = pair.optical, pair.sar
 
     def read(box: PixelBox) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        o_raw, s_raw = opt.read_window(box), sar.read_window(box)
-        valid = valid_mask(o_raw, s_raw, opt.nodata, sar.nodata)
-        inside = box.intersect(scene)  # padding is never valid, whatever its value
-        in_scene = np.zeros_like(valid)
-        if inside is not None:
-            in_scene[inside.relative_to(box).slices] = True
-        valid &= in_scene
-        o = normalize_optical(o_raw, cfg.optical, opt.dtype, valid)
-        s = normalize_sar(s_raw, cfg.sar, sar.units, sar.dtype, valid)
-        if optical_channels:
-            o = match_channels(o, optical_channels)
-        if sar_channels:
-            s = match_channels(s, sar_channels)
+        with stage("read"):
+            o_raw, s_raw = opt.read_window(box), sar.read_window(box)
+        with stage("normalise"):
+            valid = valid_mask(o_raw, s_raw, opt.nodata, sar.nodata)
+            inside = box.intersect(scene)  # padding is never valid, whatever its value
+            in_scene = np.zeros_like(valid)
+            if inside is not None:
+                in_scene[inside.relative_to(box).slices] = True
+            valid &= in_scene
+            o = normalize_optical(o_raw, cfg.optical, opt.dtype, valid)
+            s = normalize_sar(s_raw, cfg.sar, sar.units, sar.dtype, valid)
+            if optical_channels:
+                o = match_channels(o, optical_channels)
+            if sar_channels:
+                s = match_channels(s, sar_channels)
         return o, s, valid
 
     return read

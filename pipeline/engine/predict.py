@@ -15,6 +15,7 @@ from torch import nn
 
 from pipeline.engine import models
 from pipeline.engine.device import autocast_dtype
+from pipeline.engine.stage_times import stage
 
 
 class Predictor:
@@ -54,10 +55,12 @@ class Predictor:
         n = optical.shape[0]
         if n > self.batch_size:
             raise ValueError(f"batch of {n} tiles exceeds batch_size {self.batch_size}")
-        prob = change_probability(
-            self.model, self._tensor(optical), self._tensor(sar), self.views, self.dtype
-        )
-        return prob[:n].cpu().numpy().astype(np.float32, copy=False)
+        with stage("transfer"):
+            opt_t, sar_t = self._tensor(optical), self._tensor(sar)
+        with stage("model"):
+            prob = change_probability(self.model, opt_t, sar_t, self.views, self.dtype)
+        with stage("transfer"):  # the synchronising copy: on a GPU it also waits for the model
+            return prob[:n].cpu().numpy().astype(np.float32, copy=False)
 
 
 def change_probability(

@@ -88,3 +88,33 @@ def test_bench_model_prints_one_json_object(capsys):
         assert result[label]["pairs_per_s"] > 0 and result["peak_gflops"][label] > 0
     assert result["peak_fraction"] == result["fp32"]["model_peak_fraction"]
     assert main(["bench", "model", "--model", "no_such_model"]) == 2
+
+
+def test_every_bench_names_its_cpu_and_isa():
+    from pipeline.bench.machine import cpu_model_name, machine_info
+
+    info = machine_info()
+    assert info["cores"] >= 1 and info["torch_threads"] >= 1
+    for flag in ("avx2", "avx512", "avx512_bf16", "amx_bf16", "native_bf16"):
+        assert isinstance(info[flag], bool)
+    assert info["torch_capability"]
+    sample = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t: avx2\n"
+    )
+    assert cpu_model_name(sample) == "AMD EPYC 7B13"
+
+
+@pytest.mark.slow
+def test_null_model_bench_reports_the_ceiling_against_the_io_limit(capsys):
+    args = ["pipeline", "--null-model", "--size", "200", "--tile", "64", "--overlap", "16"]
+    r = _bench_json(capsys, [*args, "--block", "128", "--repeats", "1"])
+    assert r["blocks"] == 4 and r["model"] == "null"
+    for key in ("null_mpx_per_s", "io_limit_mpx_per_s", "mpx_per_s_per_core", "thread_scaling"):
+        assert r[key] > 0, key
+    assert r["io_ratio"] == pytest.approx(r["null_mpx_per_s"] / r["io_limit_mpx_per_s"], rel=1e-2)
+    split = r["split_seconds"]
+    for stage in ("plan", "read", "normalise", "transfer", "model", "blend", "write", "finalize"):
+        assert split[stage] > 0, stage
+    # finalize and the block stages are parts of the one engine run
+    assert split["finalize"] + split["write"] + split["blend"] < r["engine_seconds_all"][0]
+    assert r["machine"]["cores"] >= 1 and "torch_capability" in r["machine"]

@@ -189,3 +189,56 @@ def test_a_failing_reader_raises_in_the_caller(predictor):
 
     with pytest.raises(InputError, match="connection reset"):
         predict_block(grid, PixelBox(0, 128, 0, 128), broken, predictor, 4)
+
+
+def stitch_shared(optical, sar, predictor, block, share_dir, order=None, workers=1, tile=64):
+    """Like `stitch`, with blocks owning their tiles and sharing the straddling ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.engine.tile_share import TileShare
+
+    h, w = optical.shape[-2:]
+    grid = TileGrid(height=h, width=w, tile=tile, overlap=16)
+    share = TileShare(str(share_dir), grid, block)
+    blocks = plan_blocks(grid, block)
+    blocks = [blocks[k] for k in order] if order is not None else blocks
+    prob = np.full((h, w), -1.0, np.float32)
+
+    def one(b):
+        return b, predict_block(grid, b.core, array_reader(optical, sar), predictor, 4, share=share)
+
+    with ThreadPoolExecutor(workers) as ex:
+        outs = list(ex.map(one, blocks))
+    for b, out in outs:
+        prob[b.y0 : b.y1, b.x0 : b.x1] = out.probability
+    return prob, sum(o.tiles_run for _, o in outs), sum(o.tiles_shared for _, o in outs), grid
+
+
+@pytest.mark.parametrize("block", [64, 128, 200])
+def test_no_tile_runs_twice_and_the_bytes_do_not_change(scene, predictor, block, tmp_path):
+    optical, sar = scene
+    ref, _, _, runs_alone, grid = stitch(optical, sar, predictor, block=block)
+    assert runs_alone > grid.count  # without a share, straddling tiles run in every block
+    prob, runs, shared, _ = stitch_shared(optical, sar, predictor, block, tmp_path)
+    assert runs == grid.count and shared == runs_alone - grid.count
+    assert prob.tobytes() == ref.tobytes()
+
+
+def test_two_threads_wait_for_the_owner_instead_of_running_its_tiles(scene, predictor, tmp_path):
+    optical, sar = scene
+    ref, *_, grid = stitch(optical, sar, predictor, block=128)
+    prob, runs, _, _ = stitch_shared(optical, sar, predictor, 128, tmp_path, workers=2)
+    assert runs == grid.count
+    assert prob.tobytes() == ref.tobytes()
+
+
+def test_a_block_whose_neighbours_never_ran_runs_their_tiles_itself(scene, predictor, tmp_path):
+    optical, sar = scene
+    ref, *_ = stitch(optical, sar, predictor, block=128)
+    # last block first: its owners have written nothing yet (another process, or resumed)
+    n = len(plan_blocks(TileGrid(height=H, width=W, tile=64, overlap=16), 128))
+    prob, runs, _, grid = stitch_shared(
+        optical, sar, predictor, 128, tmp_path, order=list(range(n))[::-1]
+    )
+    assert runs > grid.count
+    assert prob.tobytes() == ref.tobytes()

@@ -1,0 +1,55 @@
+"""What machine a figure was taken on: CPU model, ISA, cores, torch threads (every bench JSON).
+
+Figures differ by machine kind (the AVX2-only AMD EPYC emulates bf16: 15 min for `bench model`
+where an AVX-512 BF16 CPU took seconds), so each JSON names the kind it was taken on.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.engine.device import CpuIsa, detect_cpu_isa
+
+
+def cpu_model_name(cpuinfo: str | None = None) -> str:
+    """The `model name` line of /proc/cpuinfo (else the platform's processor string)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text(errors="replace") if path.exists() else ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return value.strip()
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity), not the host's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def machine_info(isa: CpuIsa | None = None) -> dict[str, Any]:
+    """The `machine` object of a bench JSON."""
+    isa = isa or detect_cpu_isa()
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model_name(),
+        "arch": platform.machine(),
+        "cores": usable_cores(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch_version": torch.__version__,
+        **isa.model_dump(),
+        "native_bf16": isa.native_bf16,
+    }
+    if torch.cuda.is_available():
+        info["cuda_devices"] = [
+            torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+        ]
+    return info
