@@ -54,6 +54,9 @@ class RunPlan(BaseModel):
     resampling: str | None
     # decided once here (sampling SAR windows) and reused by every worker that reopens the pair
     sar_units: SarUnits | None = None
+    # how each file's stored values were decoded (pipeline.io.decode: complex, scale/offset tags,
+    # mask/alpha bands, float DN), one line per rule; printed by describe(), kept in run.json
+    decoding: dict[str, list[str]] = {}
     config: DetectConfig
     config_hash: str
     model: ModelRef
@@ -94,6 +97,11 @@ class RunPlan(BaseModel):
             f"({self.model.digest[:19]}), threshold {self.config.products.threshold}, "
             f"output {self.out}\n  SAR units {self.sar_units or self.config.sar.units}"
             f"{' (auto: decided from the data; set sar.units to override)' if self.config.sar.units == 'auto' else ''}"
+            + "".join(
+                f"\n  {role} decoding: {rule}"
+                for role, rules in self.decoding.items()
+                for rule in rules
+            )
         )
 
 
@@ -194,6 +202,11 @@ def plan_run(request: DetectRequest) -> RunPlan:
         grid=grid,
         resampling=pair.resampling,
         sar_units=pair.sar.units,
+        decoding={
+            role: scene.decoding.rules
+            for role, scene in (("optical", pair.optical), ("SAR", pair.sar))
+            if scene.decoding.rules
+        },
         config=cfg,
         config_hash=chash,
         model=ref,
