@@ -24,7 +24,8 @@ from pipeline.engine.models import ModelRef, describe_model
 from pipeline.engine.output_grid import GridSpec, crs_label
 from pipeline.engine.request import DetectRequest
 from pipeline.engine.tiling import BlockSpec, TileGrid, plan_blocks
-from pipeline.errors import OutputExistsError
+from pipeline.engine.weights_fit import check_weights_fit
+from pipeline.errors import InputError, OutputExistsError
 from pipeline.io import storage
 from pipeline.io.normalize import SarUnits
 from pipeline.io.paths import require_bucket, resolve_output
@@ -105,6 +106,45 @@ class RunPlan(BaseModel):
         )
 
 
+def require_writable_output(out: str) -> None:
+    """Refuse a local output that cannot become a product directory, naming it, before anything
+    is opened or written: an existing file, a path under a file, a dangling symlink, a directory
+    this process may not write (the OSError would otherwise name a staging file deep inside)."""
+    if storage.is_remote(out):
+        return
+    path = os.path.abspath(out.removeprefix("file://"))
+    if os.path.islink(path) and not os.path.exists(path):
+        raise InputError(out, f"a symlink to a missing target or a loop ({os.readlink(path)})")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(out, "exists and is not a directory: give a directory for the products")
+    ancestor = path
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if os.path.islink(ancestor) and not os.path.exists(ancestor):
+        raise InputError(out, f"{ancestor} is a symlink to a missing target or a loop")
+    if not os.path.isdir(ancestor):
+        raise InputError(out, f"Not a directory: {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(out, f"not writable ({ancestor}: read-only or permission denied)")
+
+
+def require_s3_credentials(uris: list[str]) -> None:
+    """Refuse an `s3://` input, output or checkpoint when no credentials can be found at all (no
+    AWS_* variables, profile or instance role): botocore would raise NoCredentialsError from deep
+    inside the first request, a traceback instead of one line."""
+    remote = [u for u in uris if storage.is_remote(u)]
+    if not remote:
+        return
+    import botocore.session
+
+    if botocore.session.get_session().get_credentials() is None:
+        raise InputError(
+            remote[0],
+            "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+            "AWS_PROFILE), and AWS_ENDPOINT_URL for a server other than AWS",
+        )
+
+
 def config_hash(cfg: DetectConfig) -> str:
     """SHA-256 of the canonical config JSON (everything that shapes the products)."""
     text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -152,9 +192,12 @@ def plan_run(request: DetectRequest) -> RunPlan:
     Raises OutputExistsError when `OUT` holds products of another run and overwrite is off.
     """
     out = resolve_output(request.out)  # before anything is opened or written
+    require_writable_output(out)
+    require_s3_credentials([request.optical, request.sar, out, request.checkpoint or ""])
     require_bucket(out)
     pair = pairs.open_pair(request.optical, request.sar, request.config)
     ref = describe_model(request.checkpoint, request.model)
+    check_weights_fit(ref.checkpoint)  # before staging: not in the first block, as a traceback
     cfg, pair = pairs.for_model(request.config, pair, ref)  # the bands the model takes
     chash = config_hash(cfg)
     key = run_key(request.optical, request.sar, ref.digest, chash)
