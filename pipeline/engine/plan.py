@@ -232,6 +232,16 @@ def plan_run(request: DetectRequest) -> RunPlan:
     ref = describe_model(request.checkpoint, request.model)
     check_weights_fit(ref.checkpoint)  # before staging: not in the first block, as a traceback
     cfg, pair = pairs.for_model(request.config, pair, ref)  # the bands the model takes
+    decoding = {
+        role: scene.decoding.rules
+        for role, scene in (("optical", pair.optical), ("SAR", pair.sar))
+        if scene.decoding.rules
+    }
+    if (divisor := pair.optical.decoding.divide) is not None:
+        # float optical holding DN: the plan's config says so (optical.scale), so that workers
+        # reopen the pair without sampling it again; the same numbers (DN / 10000 either way)
+        cfg = cfg.model_copy(update={"optical": cfg.optical.model_copy(update={"scale": divisor})})
+        pair = pairs.open_pair(request.optical, request.sar, cfg)
     chash = config_hash(cfg)
     key = run_key(request.optical, request.sar, ref.digest, chash)
     pairs.remember(key, pair)
@@ -279,11 +289,7 @@ def plan_run(request: DetectRequest) -> RunPlan:
         grid=grid,
         resampling=pair.resampling,
         sar_units=pair.sar.units,
-        decoding={
-            role: scene.decoding.rules
-            for role, scene in (("optical", pair.optical), ("SAR", pair.sar))
-            if scene.decoding.rules
-        },
+        decoding=decoding,
         config=cfg,
         config_hash=chash,
         model=ref,

@@ -254,7 +254,9 @@ def _sample_windows(shape: tuple[int, int], size: int = 128) -> list[PixelBox]:
     return out
 
 
-def open_scene(uri: str | os.PathLike[str], role: Role, cfg: DetectConfig) -> Scene:
+def open_scene(
+    uri: str | os.PathLike[str], role: Role, cfg: DetectConfig, check: bool = True
+) -> Scene:
     """Open the header of a scene and check it against the config; five 128² windows are sampled
     to decide what the header cannot (SAR units, float optical DN) and to refuse a decoding that
     would make the input constant (`pipeline.io.decode`).
@@ -322,7 +324,7 @@ def open_scene(uri: str | os.PathLike[str], role: Role, cfg: DetectConfig) -> Sc
         decoding=decoding,
     )
     _check_fill(scene, file_dtype, nodata)
-    _decide_from_sample(scene, cfg)
+    _decide_from_sample(scene, cfg, check)
     return scene
 
 
@@ -390,10 +392,22 @@ def _sample(scene: Scene) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def _decide_from_sample(scene: Scene, cfg: DetectConfig) -> None:
+def _decide_from_sample(scene: Scene, cfg: DetectConfig, check: bool = True) -> None:
     """The rules a sample decides, once per scene (never per window: products must not depend on
     the tiling): SAR units, float optical DN vs reflectance; then refuse a decoding that would feed
-    a constant (> 95 % of the valid samples at a clip bound) to the model."""
+    a constant (> 95 % of the valid samples at a clip bound) to the model.
+
+    `check=False` (a worker reopening a planned pair: the plan decided and checked everything and
+    its config says so explicitly) reads no sample unless a rule is still `auto`."""
+    undecided = (scene.role == "sar" and cfg.sar.units == "auto") or (
+        scene.role == "optical"
+        and cfg.optical.scale == "auto"
+        and np.dtype(scene.dtype).kind == "f"
+    )
+    if not check and not undecided:
+        if scene.role == "sar":
+            scene.units = cfg.sar.units  # type: ignore[assignment]  # not auto: checked above
+        return
     sample = _sample(scene)
     if scene.role == "optical":
         if cfg.optical.scale == "auto" and np.dtype(scene.dtype).kind == "f":
