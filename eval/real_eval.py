@@ -97,16 +97,18 @@ def train_mask(shape: tuple[int, int], windows: list[tuple[int, int, int, int]])
 
 def prepare(data: Path, cache: Path, sets: dict[str, Any] | None = None) -> None:
     from pipeline.config import load_detect_config
-    from pipeline.training.data import decode_label, label_encoding, read_label_raw, read_pair
+    from pipeline.training.data import read_label, read_pair
+    from pipeline.training.labels import file_values, label_encoding
 
     cache.mkdir(parents=True, exist_ok=True)
     cfg = load_detect_config("default", sets or {})
     for name, s in SCENES.items():
         folder = data / s["folder"]
-        opt, sar, valid = read_pair(str(folder / s["optical"]), str(folder / s["sar"]), cfg, None)
-        raw, nodata = read_label_raw(str(folder / "gt.png"), None)
-        values = {int(v) for v in np.unique(raw)}
-        label = decode_label(raw, label_encoding(values, str(folder / "gt.png")), nodata)
+        opt, sar, valid, grid = read_pair(
+            str(folder / s["optical"]), str(folder / s["sar"]), cfg, None
+        )
+        gt = str(folder / "gt.png")
+        label = read_label(gt, grid, None, label_encoding(file_values(gt)[0], gt))
         label[~valid] = IGNORE
         np.savez_compressed(
             cache / f"{name}.npz",

@@ -162,7 +162,13 @@ def load_checkpoint(
         state = load_file(str(path / WEIGHTS), device=device)
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{path / WEIGHTS}: unreadable safetensors file ({exc})") from exc
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of another shape: JSON and weights of different models
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise CheckpointError(
+            f"{path / WEIGHTS}: weights do not fit the config ({first})"
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
             f"{path / WEIGHTS}: weights do not fit the config (missing {missing[:5]}, "

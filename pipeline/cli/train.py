@@ -8,14 +8,14 @@ from typing import Annotated, Any
 import typer
 
 
-def held_out_windows(label: str, windows: list[str]) -> tuple[list[str], list[str]]:
+def held_out_windows(label: str, windows: list[str], optical: str) -> tuple[list[str], list[str]]:
     """The training windows split for validation (pipeline.training.holdout), as CLI strings."""
     # deferred: pipeline.training imports rasterio and torch, which `m2cd --help` does not need
     from pipeline.training.config import parse_window
     from pipeline.training.holdout import HELD_OUT, hold_out, label_change_share
 
     parsed = [parse_window(w) for w in windows]
-    train, val = hold_out(parsed, HELD_OUT, label_change_share(label, parsed))
+    train, val = hold_out(parsed, HELD_OUT, label_change_share(label, parsed, optical))
     text = [f"{r0}:{r1},{c0}:{c1}" for r0, r1, c0, c1 in train + val]
     return text[: len(train)], text[len(train) :]
 
@@ -100,7 +100,7 @@ def train_command(
             )
         train_windows, val_windows = list(train_window), list(val_window or [])
         if not val_windows:  # the threshold and the best checkpoint need labelled held-out pixels
-            train_windows, val_windows = held_out_windows(label, train_windows)
+            train_windows, val_windows = held_out_windows(label, train_windows, optical)
             typer.echo(
                 "no --val-window: validating on a fifth of each training window "
                 f"({', '.join(val_windows)})",

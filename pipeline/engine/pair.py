@@ -42,9 +42,12 @@ _pairs_lock = threading.Lock()  # block threads of one run ask for the pair at t
 PairReader = Callable[[PixelBox], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def open_pair(optical: str, sar: str, cfg: DetectConfig) -> AlignedPair:
-    """Both scenes opened (headers only) and the SAR put on the optical grid."""
-    return align_pair(open_scene(optical, "optical", cfg), open_scene(sar, "sar", cfg), cfg)
+def open_pair(optical: str, sar: str, cfg: DetectConfig, check: bool = True) -> AlignedPair:
+    """Both scenes opened (headers only) and the SAR put on the optical grid; `check=False` for a
+    planned pair (no sample read where the plan's config decided every rule)."""
+    return align_pair(
+        open_scene(optical, "optical", cfg, check), open_scene(sar, "sar", cfg, check), cfg
+    )
 
 
 def for_model(
@@ -111,7 +114,7 @@ def pair_for(plan: RunPlan) -> AlignedPair:
             cfg = cfg.model_copy(
                 update={"sar": cfg.sar.model_copy(update={"units": plan.sar_units})}
             )
-        pair = open_pair(plan.optical, plan.sar, cfg)
+        pair = open_pair(plan.optical, plan.sar, cfg, check=False)
         remember(plan.run_key, pair)
     return pair
 

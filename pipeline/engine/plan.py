@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +25,8 @@ from pipeline.engine.output_grid import GridSpec, crs_label
 from pipeline.engine.request import DetectRequest
 from pipeline.engine.routing import require_moe
 from pipeline.engine.tiling import BlockSpec, TileGrid, plan_blocks
-from pipeline.errors import OutputExistsError
+from pipeline.engine.weights_fit import check_weights_fit
+from pipeline.errors import InputError, OutputExistsError
 from pipeline.io import storage
 from pipeline.io.normalize import SarUnits
 from pipeline.io.paths import require_bucket, resolve_output
@@ -58,6 +60,9 @@ class RunPlan(BaseModel):
     # acquisitions: the user's --pre-date/--post-date, else what the inputs record (STAC, tags)
     optical_datetime: datetime | None = None
     sar_datetime: datetime | None = None
+    # how each file's stored values were decoded (pipeline.io.decode: complex, scale/offset tags,
+    # mask/alpha bands, float DN), one line per rule; printed by describe(), kept in run.json
+    decoding: dict[str, list[str]] = {}
     config: DetectConfig
     config_hash: str
     model: ModelRef
@@ -108,6 +113,83 @@ class RunPlan(BaseModel):
                 if self.config.products.diagnostics
                 else ""
             )
+            + "".join(
+                f"\n  {role} decoding: {rule}"
+                for role, rules in self.decoding.items()
+                for rule in rules
+            )
+        )
+
+
+def warn_costs(cfg: DetectConfig, tiles: int, tile_runs: int) -> None:
+    """Warn at plan time about settings that run but cost a multiple of the time, and resolve the
+    device there (a missing GPU is a ConfigError before anything is staged).
+
+    - a block smaller than a tile: each block runs whole tiles (and their halos) for a smaller
+      core (2048² scene, 256 px tiles: 64 px blocks run 14.6× the tiles, 128 px blocks 5.6×);
+    - fp16 (or emulated bf16) on a CPU: no native kernels, ~10× slower than fp32 (measured with
+      `m2cd bench model` on the AVX2 dev CPU).
+    """
+    import warnings
+
+    from pipeline.engine.device import cpu_has_native_bf16, resolve_device
+
+    t = cfg.tiling
+    if t.block < t.tile:
+        warnings.warn(
+            f"tiling.block {t.block} px is smaller than tiling.tile {t.tile} px: {tile_runs} tile "
+            f"runs for {tiles} tiles ({tile_runs / max(tiles, 1):.1f}× the model time); set "
+            "tiling.block to a multiple of the tile",
+            stacklevel=3,
+        )
+    device = resolve_device(cfg.inference.device, "inference.device")
+    precision = cfg.inference.precision
+    if device.type == "cpu" and (
+        precision == "fp16" or (precision == "bf16" and not cpu_has_native_bf16())
+    ):
+        warnings.warn(
+            f"inference.precision {precision} on a CPU without native {precision} kernels runs "
+            "~10× slower than fp32: use fp32 or auto",
+            stacklevel=3,
+        )
+
+
+def require_writable_output(out: str) -> None:
+    """Refuse a local output that cannot become a product directory, naming it, before anything
+    is opened or written: an existing file, a path under a file, a dangling symlink, a directory
+    this process may not write (the OSError would otherwise name a staging file deep inside)."""
+    if storage.is_remote(out):
+        return
+    path = os.path.abspath(out.removeprefix("file://"))
+    if os.path.islink(path) and not os.path.exists(path):
+        raise InputError(out, f"a symlink to a missing target or a loop ({os.readlink(path)})")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(out, "exists and is not a directory: give a directory for the products")
+    ancestor = path
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if os.path.islink(ancestor) and not os.path.exists(ancestor):
+        raise InputError(out, f"{ancestor} is a symlink to a missing target or a loop")
+    if not os.path.isdir(ancestor):
+        raise InputError(out, f"Not a directory: {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(out, f"not writable ({ancestor}: read-only or permission denied)")
+
+
+def require_s3_credentials(uris: list[str]) -> None:
+    """Refuse an `s3://` input, output or checkpoint when no credentials can be found at all (no
+    AWS_* variables, profile or instance role): botocore would raise NoCredentialsError from deep
+    inside the first request, a traceback instead of one line."""
+    remote = [u for u in uris if storage.is_remote(u)]
+    if not remote:
+        return
+    import botocore.session
+
+    if botocore.session.get_session().get_credentials() is None:
+        raise InputError(
+            remote[0],
+            "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+            "AWS_PROFILE), and AWS_ENDPOINT_URL for a server other than AWS",
         )
 
 
@@ -161,12 +243,25 @@ def plan_run(request: DetectRequest) -> RunPlan:
     Raises OutputExistsError when `OUT` holds products of another run and overwrite is off.
     """
     out = resolve_output(request.out)  # before anything is opened or written
+    require_writable_output(out)
+    require_s3_credentials([request.optical, request.sar, out, request.checkpoint or ""])
     require_bucket(out)
     pair = pairs.open_pair(request.optical, request.sar, request.config)
     ref = describe_model(request.checkpoint, request.model)
+    check_weights_fit(ref.checkpoint)  # before staging: not in the first block, as a traceback
     cfg, pair = pairs.for_model(request.config, pair, ref)  # the bands the model takes
     if cfg.products.diagnostics:
         require_moe(ref.checkpoint, ref.name)
+    decoding = {
+        role: scene.decoding.rules
+        for role, scene in (("optical", pair.optical), ("SAR", pair.sar))
+        if scene.decoding.rules
+    }
+    if (divisor := pair.optical.decoding.divide) is not None:
+        # float optical holding DN: the plan's config says so (optical.scale), so that workers
+        # reopen the pair without sampling it again; the same numbers (DN / 10000 either way)
+        cfg = cfg.model_copy(update={"optical": cfg.optical.model_copy(update={"scale": divisor})})
+        pair = pairs.open_pair(request.optical, request.sar, cfg)
     chash = config_hash(cfg)
     dates = (request.pre_date, request.post_date)
     key = run_key(request.optical, request.sar, ref.digest, chash, dates)
@@ -198,6 +293,7 @@ def plan_run(request: DetectRequest) -> RunPlan:
     )
     tgrid = TileGrid(height=h, width=w, tile=cfg.tiling.tile, overlap=cfg.tiling.overlap)
     blocks = plan_blocks(tgrid, cfg.tiling.block)
+    warn_costs(cfg, tgrid.count, sum(b.tiles for b in blocks))
     previous = storage.read_json(storage.join(staging, "plan.json"), missing_ok=True)
     created = (
         datetime.fromisoformat(previous["created"])
@@ -216,6 +312,7 @@ def plan_run(request: DetectRequest) -> RunPlan:
         sar_units=pair.sar.units,
         optical_datetime=request.pre_date or pair.optical.acquired,
         sar_datetime=request.post_date or pair.sar.acquired,
+        decoding=decoding,
         config=cfg,
         config_hash=chash,
         model=ref,

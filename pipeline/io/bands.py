@@ -22,9 +22,15 @@ from pipeline.errors import InputError
 Role = Literal["optical", "sar"]
 
 
-def fits(selected: int, channels: int) -> bool:
-    """Whether ``match_channels`` maps ``selected`` bands onto ``channels`` model channels."""
-    return selected == channels or selected == 1 or (selected == 2 and channels == 3)
+def fits(selected: int, channels: int, role: Role = "sar") -> bool:
+    """Whether ``match_channels`` maps ``selected`` bands onto ``channels`` model channels.
+
+    2 → 3 (b1, b2, mean) is a SAR rule (VV, VH and their mean are all backscatter); two optical
+    bands and their mean are no colour image a 3-channel optical encoder knows, so
+    ``optical.bands=[1,2]`` is refused at plan time instead of running on a made-up third band.
+    """
+    pair_rule = selected == 2 and channels == 3 and role == "sar"
+    return selected == channels or selected == 1 or pair_rule
 
 
 def reader_default(role: Role, count: int) -> int | None:
@@ -46,7 +52,7 @@ def select_bands(
     """
     key = f"{role}.bands"
     if wanted is not None:
-        if fits(len(wanted), channels):
+        if fits(len(wanted), channels, role):
             return wanted
         raise InputError(
             uri,
@@ -54,7 +60,7 @@ def select_bands(
             f"{role} channel(s); select {channels} band(s) (or 1 to replicate)",
         )
     default = reader_default(role, count)
-    if default is not None and fits(default, channels):
+    if default is not None and fits(default, channels, role):
         return None
     if count >= channels and (role == "optical" or channels <= 2):
         return list(range(1, channels + 1))

@@ -91,6 +91,7 @@ class WarpedScene:
         self.units = source.units
         self.band_names = source.band_names
         self.acquired = source.acquired
+        self.decoding = source.decoding  # applied after each warp
         # Outside the SAR footprint GDAL writes the fill: nodata, or 0 (SAR zero fill).
         self.nodata = source.nodata
         self.block_shape = (min(_CHUNK, self.shape[0]), min(_CHUNK, self.shape[1]))
@@ -113,9 +114,8 @@ class WarpedScene:
         inner = window.clip(self.shape)
         if inner is None:
             return out
-        src_nodata = self.fill_value
-        try:
-            part = self._warp(inner, src_nodata)
+        try:  # the file's stored values are warped, then decoded (`pipeline.io.decode`)
+            part = self.source.decode(self._warp(inner, self.source.raw_fill))
         except RasterioIOError as exc:
             self.source.datasets.discard()
             raise read_failure(self.uri, inner, exc) from None
@@ -194,6 +194,13 @@ def align_pair(optical: Scene, sar: Scene, cfg: DetectConfig) -> AlignedPair:
             f"{optical.crs.to_string()}",
         )
     resampling = cfg.grid.resampling
+    if sar.decoding.complex_mode is not None and resampling != "nearest":
+        raise InputError(
+            both,
+            f"complex SAR on another grid: {resampling} resampling would mix phases before the "
+            "intensity is taken; put the SLC on the optical grid first or set "
+            "grid.resampling=nearest",
+        )
     # SAR pixel size measured in the optical CRS over the whole scene, over the optical pixel size.
     sx = (sb[2] - sb[0]) / sar.shape[1] / abs(optical.transform.a or optical.transform.b)
     sy = (sb[3] - sb[1]) / sar.shape[0] / abs(optical.transform.e or optical.transform.d)

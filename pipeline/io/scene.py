@@ -24,7 +24,14 @@ from pipeline.config import DetectConfig
 from pipeline.errors import InputError
 from pipeline.geometry import PixelBox
 from pipeline.io import storage
-from pipeline.io.normalize import SarUnits, infer_sar_units
+from pipeline.io.decode import CLIPPED_MAX, Decoding, clipped_fraction, float_optical_divisor
+from pipeline.io.normalize import (
+    SarUnits,
+    band_valid,
+    infer_sar_units,
+    normalize_optical,
+    normalize_sar,
+)
 from pipeline.io.sources import acquired_from_tags, check_supported, resolve_input, split_list
 
 Role = Literal["optical", "sar"]
@@ -74,9 +81,9 @@ class Scene:
     crs: Any  # rasterio CRS or None
     transform: Affine
     shape: tuple[int, int]
-    count: int  # bands in the file
-    dtype: str
-    nodata: float | None
+    count: int  # data bands in the file (an alpha band is the mask, not counted)
+    dtype: str  # of the decoded values `read_window` returns (float32 for complex/scaled input)
+    nodata: float | None  # in decoded units (NaN once decoded to float)
     bands: list[int]  # 1-based indexes actually used
     block_shape: tuple[int, int]
     units: SarUnits | None = None  # SAR only: resolved units (never "auto")
@@ -85,6 +92,7 @@ class Scene:
     )  # what GDAL opens (pipeline.io.sources); "" = uri
     band_names: tuple[str | None, ...] = ()  # one per file band: list/STAC names, descriptions
     acquired: datetime | None = None  # acquisition time the input records (STAC Item, tags)
+    decoding: Decoding = field(default_factory=Decoding)  # stored values → decoded (rules)
     _data: Any = field(default=None, repr=False)
     datasets: ThreadDatasets = field(init=False, repr=False, compare=False)
 
@@ -101,6 +109,17 @@ class Scene:
         return 0 if self.nodata is None else self.nodata
 
     @property
+    def raw_fill(self) -> float:
+        """The fill in stored units (what a warp of the file itself treats as nodata)."""
+        raw = self.decoding.raw_nodata
+        return 0 if raw is None else raw
+
+    def decode(self, part: Any, read_masks: Any = None) -> np.ndarray:
+        """Stored values of the selected bands → decoded values (`pipeline.io.decode`)."""
+        masks = read_masks() if self.decoding.mask is not None and read_masks else None
+        return self.decoding.decode(part, masks, self.fill_value)
+
+    @property
     def path(self) -> str:
         """The path GDAL opens (/vsis3/ for s3:// URIs, a VRT for band lists and STAC Items)."""
         return self.gdal_source or storage.gdal_path(self.uri)
@@ -114,7 +133,12 @@ class Scene:
         try:
             with storage.gdal_env(self.path), warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                part = self.datasets.get().read(self.bands, window=inner.to_rasterio())
+                ds = self.datasets.get()
+                rio_win = inner.to_rasterio()
+                part = self.decode(
+                    ds.read(self.bands, window=rio_win),
+                    lambda: ds.read_masks(self.bands, window=rio_win),
+                )
         except RasterioIOError as exc:
             self.datasets.discard()
             raise read_failure(self.uri, inner, exc) from None
@@ -239,21 +263,12 @@ def _sample_windows(shape: tuple[int, int], size: int = 128) -> list[PixelBox]:
     return out
 
 
-def _resolve_units(scene: Scene, cfg: DetectConfig) -> SarUnits:
-    if cfg.sar.units != "auto":
-        return cfg.sar.units
-    samples = []
-    for win in _sample_windows(scene.shape):
-        raw = scene.read_window(win).astype(np.float64)
-        if scene.nodata is not None and not np.isnan(scene.nodata):
-            raw[raw == scene.nodata] = np.nan
-        samples.append(raw.ravel())
-    return infer_sar_units(np.concatenate(samples), scene.dtype)
-
-
-def open_scene(uri: str | os.PathLike[str], role: Role, cfg: DetectConfig) -> Scene:
-    """Open the header of a scene and check it against the config (no pixels are read, except
-    five 128² windows of SAR when its units are `auto`).
+def open_scene(
+    uri: str | os.PathLike[str], role: Role, cfg: DetectConfig, check: bool = True
+) -> Scene:
+    """Open the header of a scene and check it against the config; five 128² windows are sampled
+    to decide what the header cannot (SAR units, float optical DN) and to refuse a decoding that
+    would make the input constant (`pipeline.io.decode`).
 
     Raises InputError naming the file for: missing, empty, corrupt, too large, wrong band count.
     """
@@ -281,6 +296,10 @@ def open_scene(uri: str | os.PathLike[str], role: Role, cfg: DetectConfig) -> Sc
                 "dtype": src.dtypes[0] if src.count else "uint8",
                 "nodata": src.nodata,
                 "block_shape": tuple(src.block_shapes[0]) if src.count else (1, 1),
+                "scales": tuple(src.scales),
+                "offsets": tuple(src.offsets),
+                "mask_flags": [tuple(f.name for f in flags) for flags in src.mask_flag_enums],
+                "alpha": [ci.name == "alpha" for ci in src.colorinterp],
             }
     except RasterioIOError as exc:
         raise InputError(uri, f"not a readable raster ({storage.redact(str(exc))})") from None
@@ -301,40 +320,161 @@ def open_scene(uri: str | os.PathLike[str], role: Role, cfg: DetectConfig) -> Sc
         )
     section = cfg.optical if role == "optical" else cfg.sar
     nodata = section.nodata if section.nodata is not None else header["nodata"]
+    nodata = None if nodata is None else float(nodata)
+    count = _data_band_count(uri, header["alpha"])
+    bands = _select_bands(uri, role, count, cfg)
+    file_dtype = _dtype_name(header["dtype"])
+    decoding = _header_decoding(uri, role, header, bands, file_dtype, nodata, cfg)
     scene = Scene(
         uri=uri,
         role=role,
         crs=crs,
         transform=header["transform"],
         shape=(h, w),
-        count=header["count"],
-        dtype=np.dtype(header["dtype"]).name,
-        nodata=None if nodata is None else float(nodata),
-        bands=_select_bands(uri, role, header["count"], cfg),
+        count=count,
+        dtype=decoding.decoded_dtype(file_dtype),
+        nodata=decoding.decoded_nodata(nodata),
+        bands=bands,
         block_shape=header["block_shape"],
         gdal_source=resolved.gdal_path,
         band_names=tuple(names),
         acquired=resolved.acquired or acquired_from_tags(header["tags"]),
+        decoding=decoding,
     )
-    _check_fill(scene)
-    if role == "sar":
-        scene.units = _resolve_units(scene, cfg)
+    _check_fill(scene, file_dtype, nodata)
+    _decide_from_sample(scene, cfg, check)
     return scene
 
 
-def _check_fill(scene: Scene) -> None:
-    """A nodata value that the dtype cannot hold would silently wrap: refuse it."""
-    if scene.nodata is None:
+def _dtype_name(dtype: str) -> str:
+    """numpy's name of a GDAL data type (complex_int16 is read as complex64)."""
+    return "complex64" if dtype == "complex_int16" else np.dtype(dtype).name
+
+
+def _data_band_count(uri: str, alpha: list[bool]) -> int:
+    """Bands that hold data: a last alpha band is the mask (RGBA, gray + alpha), not a band."""
+    if len(alpha) > 1 and alpha[-1]:
+        return len(alpha) - 1
+    return len(alpha)
+
+
+def _header_decoding(
+    uri: str,
+    role: Role,
+    header: dict[str, Any],
+    bands: list[int],
+    file_dtype: str,
+    nodata: float | None,
+    cfg: DetectConfig,
+) -> Decoding:
+    """The decoding rules the header alone decides (complex, scale/offset tags, mask/alpha)."""
+    dec = Decoding(raw_nodata=nodata)
+    if np.dtype(file_dtype).kind == "c":
+        if role == "optical":
+            raise InputError(uri, f"optical is complex ({file_dtype}): give a real-valued image")
+        if cfg.sar.units == "db":
+            raise InputError(
+                uri,
+                f"SAR is complex ({file_dtype}, an SLC) but sar.units is db: complex values are "
+                "not dB; set sar.units to auto (intensity |z|²) or amplitude (|z|)",
+            )
+        mode = "amplitude" if cfg.sar.units == "amplitude" else "intensity"
+        dec.complex_mode = mode
+        dec.rules.append(
+            f"complex SAR ({file_dtype}): {'|z|² intensity (linear power)' if mode == 'intensity' else '|z| amplitude'}"
+        )
+    scales = tuple(float(header["scales"][b - 1]) for b in bands)
+    offsets = tuple(float(header["offsets"][b - 1]) for b in bands)
+    if any(sc != 1.0 for sc in scales) or any(off != 0.0 for off in offsets):
+        if dec.complex_mode is not None:
+            raise InputError(uri, "complex SAR with scale/offset tags: not supported")
+        dec.scales, dec.offsets = scales, offsets
+        pairs = ", ".join(f"×{sc:g} {off:+g}" for sc, off in zip(scales, offsets, strict=True))
+        dec.rules.append(f"GDAL scale/offset tags applied: value = DN {pairs}")
+    flags = [header["mask_flags"][b - 1] for b in bands]
+    if any(("per_dataset" in f or "alpha" in f) and "all_valid" not in f for f in flags):
+        dec.mask = "alpha band" if any("alpha" in f for f in flags) else "mask band"
+        dec.rules.append(f"GDAL {dec.mask} honoured: masked pixels are nodata")
+    return dec
+
+
+def _sample(scene: Scene) -> np.ndarray:
+    """bands×N decoded values of the valid pixels of five 128² windows (see `_sample_windows`)."""
+    parts = []
+    for win in _sample_windows(scene.shape):
+        raw = scene.read_window(win)
+        ok = band_valid(raw, scene.nodata)
+        if scene.role == "sar":
+            ok &= (raw != 0).any(axis=0)
+        parts.append(raw[:, ok])
+    return np.concatenate(parts, axis=1)
+
+
+def _decide_from_sample(scene: Scene, cfg: DetectConfig, check: bool = True) -> None:
+    """The rules a sample decides, once per scene (never per window: products must not depend on
+    the tiling): SAR units, float optical DN vs reflectance; then refuse a decoding that would feed
+    a constant (> 95 % of the valid samples at a clip bound) to the model.
+
+    `check=False` (a worker reopening a planned pair: the plan decided and checked everything and
+    its config says so explicitly) reads no sample unless a rule is still `auto`."""
+    undecided = (scene.role == "sar" and cfg.sar.units == "auto") or (
+        scene.role == "optical"
+        and cfg.optical.scale == "auto"
+        and np.dtype(scene.dtype).kind == "f"
+    )
+    if not check and not undecided:
+        if scene.role == "sar":
+            scene.units = cfg.sar.units  # type: ignore[assignment]  # not auto: checked above
         return
-    dt = np.dtype(scene.dtype)
-    if np.isnan(scene.nodata):
-        if dt.kind != "f":
+    sample = _sample(scene)
+    if scene.role == "optical":
+        if cfg.optical.scale == "auto" and np.dtype(scene.dtype).kind == "f":
+            divisor, rule = float_optical_divisor(sample.astype(np.float64), scene.uri)
+            if divisor is not None:
+                scene.decoding.divide = divisor
+                scene.dtype = "float32"
+                scene.nodata = scene.decoding.decoded_nodata(scene.nodata)
+                sample = sample.astype(np.float32) / np.float32(divisor)
+            scene.decoding.rules.append(rule)
+        normalised = normalize_optical(sample[:, None, :], cfg.optical, scene.dtype)[:, 0]
+        lo, hi, what = -2.0, 2.0, f"reflectance clip [0, {cfg.optical.max_reflectance}]"
+        fix = "set optical.scale (DN per unit reflectance)"
+    else:
+        if cfg.sar.units != "auto":
+            scene.units = cfg.sar.units
+        elif scene.decoding.complex_mode is not None:
+            scene.units = "linear" if scene.decoding.complex_mode == "intensity" else "amplitude"
+        else:
+            scene.units = infer_sar_units(sample, scene.dtype)
+        normalised = normalize_sar(sample[:, None, :], cfg.sar, scene.units, scene.dtype)[:, 0]
+        lo, hi = -1.0, 1.0
+        what = f"dB range {list(cfg.sar.db_range)} as {scene.units}"
+        fix = (
+            "set sar.units (linear, amplitude or db), sar.dn_to_db [gain, offset] for dB stored "
+            "as integers, or sar.amplitude_scale"
+        )
+    clipped = clipped_fraction(normalised, lo, hi)
+    if clipped > CLIPPED_MAX:
+        raise InputError(
+            scene.uri,
+            f"{100 * clipped:.1f} % of the sampled valid pixels fall outside the {what}: the model "
+            f"would see a constant input; {fix}",
+        )
+
+
+def _check_fill(scene: Scene, file_dtype: str, nodata: float | None) -> None:
+    """A nodata value that the stored dtype cannot hold would silently wrap: refuse it."""
+    if nodata is None:
+        return
+    dt = np.dtype(file_dtype)
+    if np.isnan(nodata):
+        if dt.kind not in "fc":
             raise InputError(scene.uri, f"nodata NaN is not possible for {dt.name} data")
         return
     if dt.kind in "iu":
         info = np.iinfo(dt)
-        if not (info.min <= scene.nodata <= info.max) or scene.nodata != int(scene.nodata):
-            raise InputError(scene.uri, f"nodata {scene.nodata} does not fit {dt.name} data")
+        if not (info.min <= nodata <= info.max) or nodata != int(nodata):
+            raise InputError(scene.uri, f"nodata {nodata} does not fit {dt.name} data")
 
 
 def stack_bands(uris: list[str], out: str | os.PathLike[str]) -> str:

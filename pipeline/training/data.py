@@ -5,27 +5,36 @@ to scale and to build the valid mask), so a model never sees inputs scaled diffe
 and in production. A labelled area (a window of a scene triple, or one CAU-Flood tile) is read and
 normalised once into memory; chips are cut from it at random positions per step (no chip files).
 
-Label rule (decided once per scene or per folder split, never per chip, so that a chip holding only
-0 and 255 cannot be misread): if the value 1 occurs, labels are 0/1 and 255 is *ignore*; otherwise
-labels are 0/255 and 255 is *change*. Any other value is an error. A nodata value declared by the label file
-is ignore (and excluded before deciding), and the inputs' invalid pixels (``valid_mask``) become
-ignore as well.
+Grids are checked as ``detect`` checks them (``pipeline.io.grid.align_pair``: SAR on another grid is
+warped onto the optical grid, a pair that cannot be aligned is refused), and labels are placed on
+the optical grid by ``pipeline.training.labels`` (nearest, or refused). The label encoding is decided
+once per label file (scene sources) or per split (folders, chips), never per window or chip (rule in
+``pipeline.training.labels``); the inputs' invalid pixels (``valid_mask``) become ignore as well.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from pipeline.config import DetectConfig
 from pipeline.errors import ConfigError, InputError
 from pipeline.training.config import Area, ChipSource, DataConfig, FolderSource, SceneSource
+from pipeline.training.labels import (
+    IGNORE,
+    Encoding,
+    LabelReader,
+    decode_label,
+    file_values,
+    label_encoding,
+    split_encoding,
+)
 
-IGNORE = 255
+__all__ = ["IGNORE", "LabelledArea", "decode_label", "label_encoding", "load_areas", "read_pair"]
+
 LabelEncoding = Literal["auto", "0/1", "0/255"]
 
 # CAU-Flood layouts: (optical dir, SAR dir, label dir)
@@ -56,37 +65,6 @@ class LabelledArea:
     @property
     def shape(self) -> tuple[int, int]:
         return self.label.shape  # type: ignore[return-value]
-
-
-# ---------------------------------------------------------------------------------------------
-# labels
-
-
-def label_encoding(values: Iterable[int], source: str) -> Literal["0/1", "0/255"]:
-    """Decide 0/1 (255 = ignore) or 0/255 (255 = change) from the values present (see module doc)."""
-    present = {int(v) for v in values}
-    extra = present - {0, 1, IGNORE}
-    if extra:
-        raise InputError(
-            source,
-            f"label values {sorted(present)[:8]} are neither 0/1 (255 = ignore) nor 0/255; "
-            "binarise the labels first",
-        )
-    return "0/1" if 1 in present else "0/255"
-
-
-def decode_label(
-    raw: np.ndarray, encoding: Literal["0/1", "0/255"], nodata: float | None = None
-) -> np.ndarray:
-    """Raw label band -> uint8 0/1/255 (255 = ignore)."""
-    raw = np.asarray(raw)
-    if encoding == "0/1":
-        out = np.where(raw == 1, 1, np.where(raw == 0, 0, IGNORE)).astype(np.uint8)
-    else:
-        out = (raw == 255).astype(np.uint8)
-    if nodata is not None:  # a declared nodata always wins over the class meaning of its value
-        out[raw == nodata] = IGNORE
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,14 +113,15 @@ def read_pair(
     cfg: DetectConfig,
     window: tuple[int, int, int, int] | None,
     channels: Channels | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalised optical, normalised SAR and the valid mask of one window, as inference reads them.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+    """Normalised optical, normalised SAR, the valid mask of one window, and the optical grid, as
+    inference reads them: the same grid check and SAR warp as ``detect`` (``align_pair``).
 
-    Both rasters must share the optical grid (same shape); reproject SAR first otherwise.
     ``channels``: the model's channel counts; the bands are then chosen as the engine chooses them
     (``pipeline.bands.resolve_bands``), so a model trains and detects on the same bands.
     """
     from pipeline.io.bands import resolve_bands
+    from pipeline.io.grid import align_pair
     from pipeline.io.normalize import normalize_optical, normalize_sar, valid_mask
     from pipeline.io.scene import open_scene
 
@@ -156,45 +135,25 @@ def read_pair(
             cfg = resolved
             opt_scene = open_scene(optical_uri, "optical", cfg)
             sar_scene = open_scene(sar_uri, "sar", cfg)
-    if opt_scene.shape != sar_scene.shape:
-        raise InputError(
-            sar_uri,
-            f"SAR grid {sar_scene.shape} differs from the optical grid {opt_scene.shape}; "
-            "reproject the SAR onto the optical grid before training",
-        )
+    pair = align_pair(opt_scene, sar_scene, cfg)
     win = _window(window or (0, opt_scene.shape[0], 0, opt_scene.shape[1]))
-    opt_raw = opt_scene.read_window(win)
-    sar_raw = sar_scene.read_window(win)
-    valid = valid_mask(opt_raw, sar_raw, opt_scene.nodata, sar_scene.nodata)
-    opt = normalize_optical(opt_raw, cfg.optical, opt_scene.dtype, valid)
-    sar = normalize_sar(sar_raw, cfg.sar, sar_scene.units, sar_scene.dtype, valid)
-    return opt, sar, np.asarray(valid, bool)
+    opt_raw = pair.optical.read_window(win)
+    sar_raw = pair.sar.read_window(win)
+    valid = valid_mask(opt_raw, sar_raw, pair.optical.nodata, pair.sar.nodata)
+    opt = normalize_optical(opt_raw, cfg.optical, pair.optical.dtype, valid)
+    sar = normalize_sar(sar_raw, cfg.sar, pair.sar.units, pair.sar.dtype, valid)
+    return opt, sar, np.asarray(valid, bool), pair.grid
 
 
-def read_label_raw(
-    uri: str, window: tuple[int, int, int, int] | None
-) -> tuple[np.ndarray, float | None]:
-    """One label band of a window inside the raster (and its nodata), via ``pipeline.storage``."""
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    from pipeline.io import storage
-
-    try:
-        with storage.gdal_env(uri), rasterio.open(storage.gdal_path(uri)) as src:
-            h, w = src.height, src.width
-            r0, r1, c0, c1 = window or (0, h, 0, w)
-            if r1 > h or c1 > w:
-                raise InputError(
-                    uri, f"window {r0}:{r1},{c0}:{c1} reaches outside the {h}×{w} raster"
-                )
-            bands = src.read(window=((r0, r1), (c0, c1)))
-            nodata = src.nodata
-    except RasterioIOError as exc:
-        raise InputError(uri, f"not a readable raster ({storage.redact(str(exc))})") from None
-    if bands.shape[0] != 1 and not all(np.array_equal(bands[0], b) for b in bands[1:]):
-        raise InputError(uri, f"a label needs one band, got {bands.shape[0]} different bands")
-    return bands[0], (None if nodata is None else float(nodata))
+def read_label(
+    uri: str, grid: Any, window: tuple[int, int, int, int] | None, encoding: Encoding
+) -> np.ndarray:
+    """A label window on the image grid, decoded (0/1/255); outside its footprint is ignore."""
+    reader = LabelReader(uri, grid)
+    raw, outside = reader.read(window)
+    label = decode_label(raw, encoding, reader.nodata)
+    label[outside] = IGNORE
+    return label
 
 
 def assemble(opt, sar, valid, label, name: str) -> LabelledArea:
@@ -215,20 +174,11 @@ def load_scene_areas(
     """Read every train or val area of a scene triple into memory."""
     areas = src.train if split == "train" else src.val
     windows = [area_window(a, src.optical, cfg) for a in areas]
-    raws = [read_label_raw(src.label, w) for w in windows]
-    if encoding == "auto":
-        all_windows = [area_window(a, src.optical, cfg) for a in (*src.train, *src.val)]
-        values: set[int] = set()
-        for w in all_windows:
-            raw, nodata = read_label_raw(src.label, w)
-            values |= {int(v) for v in np.unique(raw) if nodata is None or v != nodata}
-        enc = label_encoding(values, src.label)
-    else:
-        enc = encoding
+    enc = label_encoding(file_values(src.label)[0], src.label) if encoding == "auto" else encoding
     out = []
-    for w, (raw, nodata) in zip(windows, raws, strict=True):
-        opt, sar, valid = read_pair(src.optical, src.sar, cfg, w, channels)
-        label = decode_label(raw, enc, nodata)
+    for w in windows:
+        opt, sar, valid, grid = read_pair(src.optical, src.sar, cfg, w, channels)
+        label = read_label(src.label, grid, w, enc)
         out.append(assemble(opt, sar, valid, label, f"{src.label}[{w[0]}:{w[1]},{w[2]}:{w[3]}]"))
     return out
 
@@ -270,22 +220,12 @@ def load_folder_areas(
 ) -> list[LabelledArea]:
     """Read every tile of one split (each tile is one labelled area)."""
     triples = folder_triples(root, split)
-    raws = [read_label_raw(str(lab), None) for _, _, lab in triples]
-    if encoding == "auto":
-        values: set[int] = set()
-        for raw, nodata in raws:
-            values |= {int(v) for v in np.unique(raw) if nodata is None or v != nodata}
-        enc = label_encoding(values, str(Path(root) / split))
-    else:
-        enc = encoding
+    labels = [str(lab) for _, _, lab in triples]
+    enc = split_encoding(labels, str(Path(root) / split)) if encoding == "auto" else encoding
     out = []
-    for (opt_p, sar_p, lab_p), (raw, nodata) in zip(triples, raws, strict=True):
-        opt, sar, valid = read_pair(str(opt_p), str(sar_p), cfg, None, channels)
-        if raw.shape != valid.shape:
-            raise InputError(
-                str(lab_p), f"label shape {raw.shape} differs from the images' {valid.shape}"
-            )
-        out.append(assemble(opt, sar, valid, decode_label(raw, enc, nodata), lab_p.stem))
+    for opt_p, sar_p, lab_p in triples:
+        opt, sar, valid, grid = read_pair(str(opt_p), str(sar_p), cfg, None, channels)
+        out.append(assemble(opt, sar, valid, read_label(str(lab_p), grid, None, enc), lab_p.stem))
     return out
 
 
@@ -336,22 +276,12 @@ def load_chip_triples(
     source: str = "chips",
 ) -> list[LabelledArea]:
     """Read chips with the inference reader; the label encoding is decided once for all of them."""
-    raws = [read_label_raw(str(lab), None) for _, _, _, lab in triples]
-    if encoding == "auto":
-        values: set[int] = set()
-        for raw, nodata in raws:
-            values |= {int(v) for v in np.unique(raw) if nodata is None or v != nodata}
-        enc = label_encoding(values, source)
-    else:
-        enc = encoding
+    labels = [str(lab) for _, _, _, lab in triples]
+    enc = split_encoding(labels, source) if encoding == "auto" else encoding
     out = []
-    for (chip_id, opt_p, sar_p, lab_p), (raw, nodata) in zip(triples, raws, strict=True):
-        opt, sar, valid = read_pair(str(opt_p), str(sar_p), cfg, None, channels)
-        if raw.shape != valid.shape:
-            raise InputError(
-                str(lab_p), f"label shape {raw.shape} differs from the images' {valid.shape}"
-            )
-        out.append(assemble(opt, sar, valid, decode_label(raw, enc, nodata), chip_id))
+    for chip_id, opt_p, sar_p, lab_p in triples:
+        opt, sar, valid, grid = read_pair(str(opt_p), str(sar_p), cfg, None, channels)
+        out.append(assemble(opt, sar, valid, read_label(str(lab_p), grid, None, enc), chip_id))
     return out
 
 

@@ -1,7 +1,12 @@
 """Score a predicted change mask against a label raster: change-class P/R/F1/IoU, OA, kappa.
 
-Both rasters are decoded with the training label rule (``data.label_encoding``): 0/1 with 255 =
-nodata, or 0/255. Pixels that are nodata/ignore in *either* raster are not counted (a prediction
+Both rasters are decoded with the training label rule (``labels.label_encoding``, decided from the
+whole file, not from the scored window): 0/1 with 255 = nodata, or 0/255. The label is placed on the
+prediction's grid as training places it on the image grid (``labels.LabelReader``: nearest, pixels
+outside its footprint ignored, refused when it cannot be placed), so a shifted or reprojected label
+is scored where it lies, not by array index. A prediction holding float values strictly inside
+(0, 1) is a probability raster, refused with a pointer to ``--prob`` (it used to read as "no
+change"). Pixels that are nodata/ignore in *either* raster are not counted (a prediction
 outside the valid area is not an error of the model, and an unlabelled pixel is not ground truth).
 Counts are summed over the whole window (spec §14: confusion accumulated, not averaged per image).
 """
@@ -13,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.training.data import IGNORE, decode_label, label_encoding, read_label_raw
+from pipeline.training.labels import IGNORE, LabelReader, decode_label, file_values, label_encoding
 
 
 def evaluate_arrays(pred: np.ndarray, label: np.ndarray) -> dict[str, Any]:
@@ -49,18 +54,50 @@ def fit_threshold(prob: np.ndarray, label: np.ndarray) -> tuple[float, dict[floa
     return best, scores
 
 
-def _decoded(uri: str, window: tuple[int, int, int, int] | None) -> np.ndarray:
-    raw, nodata = read_label_raw(uri, window)
-    values = {int(v) for v in np.unique(raw) if nodata is None or v != nodata}
-    return decode_label(raw, label_encoding(values, uri), nodata)
+def _grid(uri: str) -> Any:
+    """The pixel grid of a raster (what the label is placed on)."""
+    from pipeline.io.grid import GridInfo
+    from pipeline.training.labels import _open
+
+    with _open(uri) as src:
+        crs = src.crs if not (src.crs is None and src.transform.is_identity) else None
+        return GridInfo(crs, src.transform, (src.height, src.width))
 
 
-def read_probability(uri: str, window: tuple[int, int, int, int] | None) -> np.ndarray:
+def _read_on(uri: str, grid: Any, window: tuple[int, int, int, int] | None):
+    """(raw window on `grid`, outside-footprint mask, nodata) of a raster placed on `grid`."""
+    reader = LabelReader(uri, grid)
+    raw, outside = reader.read(window)
+    return raw, outside, reader.nodata
+
+
+def _decoded(uri: str, grid: Any, window: tuple[int, int, int, int] | None) -> np.ndarray:
+    raw, outside, nodata = _read_on(uri, grid, window)
+    out = decode_label(raw, label_encoding(file_values(uri)[0], uri), nodata)
+    out[outside] = IGNORE
+    return out
+
+
+def _refuse_probability(uri: str) -> None:
+    """A --pred raster with float values strictly inside (0, 1) is a probability: refuse it."""
+    values = np.asarray(sorted(file_values(uri)[0]), dtype=np.float64)
+    if ((values > 0) & (values < 1)).any():
+        raise InputError(
+            uri,
+            "holds values between 0 and 1: a change probability, not a mask; pass it as --prob "
+            "(fits the threshold) or threshold it first",
+        )
+
+
+def read_probability(
+    uri: str, window: tuple[int, int, int, int] | None, grid: Any = None
+) -> np.ndarray:
     """A change-probability raster (e.g. change_prob.tif) as float32, its nodata as NaN."""
-    raw, nodata = read_label_raw(uri, window)
+    raw, outside, nodata = _read_on(uri, grid if grid is not None else _grid(uri), window)
     prob = raw.astype(np.float32)
     if nodata is not None and not np.isnan(nodata):
         prob[raw == nodata] = np.nan
+    prob[outside] = np.nan
     finite = prob[np.isfinite(prob)]
     if finite.size and (finite.min() < 0 or finite.max() > 1):
         raise InputError(uri, "not a change probability: values outside 0..1")
@@ -70,13 +107,12 @@ def read_probability(uri: str, window: tuple[int, int, int, int] | None) -> np.n
 def evaluate_files(
     pred_uri: str, label_uri: str, window: tuple[int, int, int, int] | None = None
 ) -> dict[str, Any]:
-    """Read both rasters (local or s3://), optionally only a pixel window, and score them."""
-    pred = _decoded(pred_uri, window)
-    label = _decoded(label_uri, window)
-    if pred.shape != label.shape:
-        raise InputError(
-            pred_uri, f"shape {pred.shape} differs from the label {label_uri} {label.shape}"
-        )
+    """Read both rasters (local or s3://), optionally only a pixel window of the prediction's
+    grid, place the label on that grid and score them."""
+    _refuse_probability(pred_uri)
+    grid = _grid(pred_uri)
+    pred = _decoded(pred_uri, grid, window)
+    label = _decoded(label_uri, grid, window)
     out = evaluate_arrays(pred, label)
     out.update(pred=pred_uri, label=label_uri, window=list(window) if window else None)
     return out
@@ -87,12 +123,9 @@ def fit_threshold_files(
 ) -> dict[str, Any]:
     """`fit_threshold` on a probability raster and a label (local or s3://, optional window):
     the best threshold, the metrics at it and F1 per threshold."""
-    prob = read_probability(prob_uri, window)
-    label = _decoded(label_uri, window)
-    if prob.shape != label.shape:
-        raise InputError(
-            prob_uri, f"shape {prob.shape} differs from the label {label_uri} {label.shape}"
-        )
+    grid = _grid(prob_uri)
+    prob = read_probability(prob_uri, window, grid)
+    label = _decoded(label_uri, grid, window)
     best, scores = fit_threshold(prob, label)
     with np.errstate(invalid="ignore"):
         mask = np.where(np.isnan(prob), IGNORE, prob >= best).astype(np.uint8)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
-
-from pipeline.training.data import IGNORE, decode_label, label_encoding, read_label_raw
+from pipeline.io import storage
+from pipeline.io.grid import GridInfo
+from pipeline.io.sources import resolve_input
+from pipeline.training.data import read_label
+from pipeline.training.labels import IGNORE, file_values, label_encoding
 
 HELD_OUT = 0.2  # of each training window: a fifth validates, four fifths train
 Window = tuple[int, int, int, int]  # r0, r1, c0, c1 (pixel rows, then columns)
@@ -79,14 +81,21 @@ def hold_out(
     return train, val
 
 
-def label_change_share(label_uri: str, windows: list[Window]) -> ChangeShare:
+def label_change_share(label_uri: str, windows: list[Window], optical_uri: str) -> ChangeShare:
     """Change share of any sub-window of `windows`, from the label read once over their bounding
-    box, its encoding (0/1 with 255 ignore, or 0/255) decided once from all of it: per window, a
-    part without 1s would read a 0/1 label's ignore pixels as change."""
+    box on the optical image's grid, its encoding (0/1 with 255 ignore, or 0/255) decided once
+    from the whole file as training decides it (pipeline.training.labels)."""
+    import rasterio  # deferred: `m2cd --help` reaches this module through the train command
+
+    with (
+        storage.gdal_env(optical_uri),
+        rasterio.open(resolve_input(optical_uri, "optical").gdal_path) as src,
+    ):
+        grid = GridInfo(src.crs, src.transform, (src.height, src.width))
     R0, C0 = min(w[0] for w in windows), min(w[2] for w in windows)
     box = (R0, max(w[1] for w in windows), C0, max(w[3] for w in windows))
-    raw, nodata = read_label_raw(label_uri, box)
-    label = decode_label(raw, label_encoding(np.unique(raw), label_uri), nodata)
+    encoding = label_encoding(file_values(label_uri)[0], label_uri)
+    label = read_label(label_uri, grid, box, encoding)
 
     def share(window: Window) -> float | None:
         r0, r1, c0, c1 = window

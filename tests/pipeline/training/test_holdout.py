@@ -31,14 +31,16 @@ def test_the_held_out_strip_holds_change_when_the_last_fifth_has_none(tmp_path):
     # Gloucester-2's case: change only in the first columns of a wide strip
     label = np.zeros((50, 200), np.uint8)
     label[10:40, 5:30] = 1
-    train, val = held_out_windows(_label(tmp_path, label), ["0:50,0:200"])
+    path = _label(tmp_path, label)
+    train, val = held_out_windows(path, ["0:50,0:200"], path)  # the label is its own image grid
     assert val == ["0:50,0:40"] and train == ["0:50,40:200"]
 
 
 def test_the_strip_closest_to_the_windows_change_share_wins(tmp_path):
     label = (np.arange(100)[None, :] % 10 == 0).repeat(100, 0).astype(np.uint8)
     label[80:] = 0  # the first preference (last rows) holds no change: window share 0.08
-    share = label_change_share(_label(tmp_path, label), [(0, 100, 0, 100)])
+    path = _label(tmp_path, label)
+    share = label_change_share(path, [(0, 100, 0, 100)], path)
     assert share((0, 100, 0, 100)) == 0.08
     # first rows 0.10, last columns 0.08 (= the window's), first columns 0.08: the last columns
     # come first among the equals
@@ -46,6 +48,7 @@ def test_the_strip_closest_to_the_windows_change_share_wins(tmp_path):
 
 
 def test_a_window_without_change_keeps_the_first_preference(tmp_path):
-    share = label_change_share(_label(tmp_path, np.zeros((40, 40), np.uint8)), [(0, 40, 0, 40)])
+    path = _label(tmp_path, np.zeros((40, 40), np.uint8))
+    share = label_change_share(path, [(0, 40, 0, 40)], path)
     assert share((0, 40, 0, 40)) == 0.0
     assert hold_out([(0, 40, 0, 40)], 0.2, share)[1] == [(32, 40, 0, 40)]
