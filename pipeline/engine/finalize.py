@@ -104,7 +104,10 @@ def finalize_run(
     elif before_publish is not None:
         before_publish()
     publish.put_in_place(plan, intent["names"])
-    summary = RunSummary(**intent["summary"])
+    # the products' figures as recorded; how this call got there (a completed publish) as is
+    summary = RunSummary(**intent["summary"]).model_copy(update={"blocks_resumed": blocks_resumed})
+    if seconds is not None:
+        summary = summary.model_copy(update={"seconds": round(seconds, 3)})
     publish.commit(
         plan,
         {
