@@ -6,6 +6,8 @@ are the clean run's, byte for byte, with a `run.json` that names them."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 
 import pytest
@@ -74,10 +76,13 @@ def test_a_kill_while_overwriting_another_run_is_completed_by_the_rerun(
     out = tmp_path / "out"
     other = run_cli(detect_args(pair, out, *BLOCK, "--threshold", "0.3"))
     assert other.returncode == 0, other.stderr
+    other_key = json.loads((out / "run.json").read_text())["run_key"]
     args = detect_args(pair, out, *BLOCK, "--overwrite")
     _killed_at(point, args)
-    # the other run's commit record is gone first: no reader takes the mix for its products
-    assert not (out / "run.json").exists()
+    if point == "intent-written":  # nothing in OUT touched yet: still the other run, whole
+        assert json.loads((out / "run.json").read_text())["run_key"] == other_key
+    else:  # its commit record went first: no reader takes the mix for its products
+        assert not (out / "run.json").exists()
     rerun = run_cli(args)
     assert rerun.returncode == 0, rerun.stderr
     _assert_complete(out, clean)
@@ -105,3 +110,25 @@ def test_a_kill_mid_publish_on_s3_is_completed_by_the_rerun(pair, clean, s3_env,
     digests, _ = clean
     assert fingerprint(local) == digests
     assert not fs.exists(f"{bucket}/out/.m2cd")
+
+
+@pytest.mark.parametrize("how", ["same-path", "symlink"])
+def test_overwrite_refuses_to_replace_one_of_the_runs_own_inputs(pair, tmp_path, how):
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "change_prob.tif"
+    shutil.copyfile(pair.optical, target)
+    optical = str(target)
+    if how == "symlink":
+        optical = str(tmp_path / "scene.tif")
+        os.symlink(target, optical)
+    before = target.read_bytes()
+    args = detect_args(type(pair)(optical, pair.sar), out, *BLOCK, "--overwrite")
+    res = run_cli(args)
+    assert res.returncode == 2, res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert line == (
+        f"error: {target}: is this run's optical input ({optical}); publishing would replace "
+        "it: choose another --out"
+    )
+    assert target.read_bytes() == before and not (out / ".m2cd").exists()
