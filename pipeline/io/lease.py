@@ -7,7 +7,8 @@
 - S3: a lease object written with conditional requests (seaweedfs 4.48 and AWS honour all three):
   `If-None-Match: *` creates it only when absent, the holder renews it every third of its TTL with
   `If-Match: <its ETag>`, and an expired lease (a killed run) is taken over with `If-Match:
-  <the stale ETag>`, so of two runs taking over at once exactly one wins. The window left is time:
+  <the stale ETag>`, so of two runs taking over at once exactly one wins; a lease whose holder
+  ran on this host and is gone is taken over the same way without waiting. The window left is time:
   expiry is the holder's wall clock + TTL (120 s by default), so a holder whose renewals all fail
   for a whole TTL, or a taker whose clock runs a TTL ahead, lets a second writer in. The first
   finds out at its next renewal (412) and `check()` stops it before it publishes; only a takeover
@@ -129,7 +130,9 @@ class _S3Lease:
         self._stop.set()
         self._thread.join(5)
         if self.lost is None:
-            with contextlib.suppress(OSError, _PreconditionFailed):
+            # never masks the run's own error (the server may be the thing that failed); a lease
+            # left behind expires, or is taken over at once from this host (see `_dead_here`)
+            with contextlib.suppress(Exception):
                 _s3_call("delete_object", self.uri, IfMatch=self.etag)
 
 
@@ -177,6 +180,20 @@ def _s3_holder(uri: str) -> tuple[str, dict[str, Any]] | None:
     return str(response["ETag"]), content
 
 
+def _dead_here(holder: dict[str, Any]) -> bool:
+    """A holder on this host whose process is gone (killed, or its release could not reach the
+    server): its lease need not run out first. A reused pid only makes the taker wait."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _try_s3(uri: str, owner: dict[str, Any], ttl: float) -> tuple[_S3Lease | None, dict | None]:
     try:
         return _S3Lease(uri, _s3_put(uri, _s3_body(owner, ttl)), owner, ttl), None
@@ -186,7 +203,7 @@ def _try_s3(uri: str, owner: dict[str, Any], ttl: float) -> tuple[_S3Lease | Non
     if held is None:
         return None, None  # released meanwhile: the caller tries again at once
     etag, holder = held
-    if float(holder.get("expires", 0)) > time.time():
+    if float(holder.get("expires", 0)) > time.time() and not _dead_here(holder):
         return None, holder
     try:  # expired (its run was killed): take it over, exactly one of several racers wins
         return _S3Lease(uri, _s3_put(uri, _s3_body(owner, ttl), if_match=etag), owner, ttl), None

@@ -125,28 +125,36 @@ def test_the_lock_of_a_killed_local_run_is_taken_over_at_once(pair, tmp_path):
 
 @pytest.mark.s3
 @pytest.mark.slow
-def test_a_killed_runs_s3_lease_is_taken_over_after_it_expired(pair, s3_env, tmp_path):
+def test_a_killed_runs_s3_lease_is_taken_over(pair, s3_env, tmp_path):
+    """From this host at once (its pid is gone); from another host once it expired."""
     fs = s3_env.filesystem()
     bucket = s3_env.bucket()
     for path in (pair.optical, pair.sar):
         fs.put_file(path, f"{bucket}/in/{Path(path).name}")
     s3_pair = type(pair)(f"s3://{bucket}/in/optical.tif", f"s3://{bucket}/in/sar.tif")
-    out = f"s3://{bucket}/out"
+    out, lock = f"s3://{bucket}/out", f"{bucket}/out/.m2cd/lock"
     env = cli_env(**s3_env.env())
-    ttl = ["--set", "output.lease_ttl_s=25"]
-    killed = run_cli(
-        detect_args(s3_pair, out, *BLOCK, *ttl), env={**env, "M2CD_CRASH_AT": "finalize"}
-    )
+    args = detect_args(s3_pair, out, *BLOCK, "--overwrite")
+    killed = run_cli(args, env={**env, "M2CD_CRASH_AT": "finalize"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    killed_at = time.monotonic()
-    lease = json.loads(fs.cat(f"{bucket}/out/.m2cd/lock"))
-    busy = run_cli(detect_args(s3_pair, out, *BLOCK), env=env)
-    if time.monotonic() - killed_at < 20:  # the lease was certainly still fresh
-        assert busy.returncode == 2, busy.stderr
-        assert f"(pid {lease['pid']} on " in busy.stderr and BUSY in busy.stderr
-    res = run_cli(detect_args(s3_pair, out, *BLOCK, "--set", "output.lock_wait_s=120"), env=env)
+    assert json.loads(fs.cat(lock))["pid"] > 0  # left behind, not yet expired (120 s)
+    res = run_cli(args, env=env)
     assert res.returncode == 0, res.stderr
-    assert fs.exists(f"{bucket}/out/run.json") and not fs.exists(f"{bucket}/out/.m2cd/lock")
+    assert fs.exists(f"{bucket}/out/run.json") and not fs.exists(lock)
+
+    # a run elsewhere that vanished 0 s ago with a 40 s lease
+    expires = time.time() + 40
+    holder = {"host": "elsewhere", "pid": 1, "since": "then", "expires": expires}
+    fs.pipe(lock, json.dumps(holder).encode())
+    again = args + ["--threshold", "0.6"]
+    busy = run_cli(again, env=env)
+    if time.time() < expires:  # certainly refused while fresh
+        assert busy.returncode == 2, busy.stderr
+        assert "(pid 1 on elsewhere, since then)" in busy.stderr and BUSY in busy.stderr
+    waited = run_cli([*again, "--set", "output.lock_wait_s=120"], env=env)
+    assert waited.returncode == 0, waited.stderr
+    assert time.time() >= expires
+    assert not fs.exists(lock)
 
 
 def test_identical_runs_at_once_give_one_result_and_no_traceback(pair, tmp_path):
