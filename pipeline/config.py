@@ -194,8 +194,34 @@ class ProductConfig(ConfigSection):
     )
 
 
+class OutputConfig(ConfigSection):
+    """How a run shares its output prefix: the writer lease and the staging age limit.
+
+    Not hashed into the run key (`pipeline.engine.plan.config_hash` leaves it out): none of it
+    changes a pixel, and a resumed run must keep its key when only these change.
+    """
+
+    lock_wait_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds a run waits for another run writing the same output; 0: fail at once.",
+    )
+    lease_ttl_s: float = Field(
+        default=120.0,
+        ge=5,
+        description="S3 writer lease lifetime, renewed every third of it; a killed run's lease is "
+        "taken over once it expired (local disks release the lock when the process dies).",
+    )
+    staging_max_age_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="Staging of other runs untouched this long is removed by the next run.",
+    )
+
+
 class DetectConfig(ConfigSection):
-    """Everything that shapes a detection run's products (hashed into the run key)."""
+    """Everything that shapes a detection run's products (hashed into the run key, except
+    `output`)."""
 
     optical: OpticalConfig = OpticalConfig()
     sar: SarConfig = SarConfig()
@@ -203,6 +229,7 @@ class DetectConfig(ConfigSection):
     tiling: TilingConfig = TilingConfig()
     inference: InferenceConfig = InferenceConfig()
     products: ProductConfig = ProductConfig()
+    output: OutputConfig = OutputConfig()
     max_pixels: int = Field(
         default=50_000 * 50_000, gt=0, description="Scenes larger than this are refused up front."
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import bench, convert, detect, evaluate, root, synth, train, view
+from pipeline.cli import bench, clean, convert, detect, evaluate, root, synth, train, view
 from pipeline.cli.interrupt import DETECT_HINT, TRAIN_HINT, on_interrupt
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -29,6 +29,7 @@ def build_app() -> typer.Typer:
     )
     app.callback()(root.root_callback)
     app.command("detect")(on_interrupt(DETECT_HINT)(detect.detect_command))
+    app.command("clean")(clean.clean_command)
     app.command("synth")(synth.synth_command)
     app.command("train")(on_interrupt(TRAIN_HINT)(train.train_command))
     app.command("evaluate")(evaluate.evaluate_command)

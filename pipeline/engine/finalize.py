@@ -1,22 +1,26 @@
 """Finalize a run: products from the complete store, published into OUT, `OUT/run.json` last.
 
-Until `run.json` names the run, OUT holds no half-published run of it: a crash anywhere here leaves
-a staging run that finalizes again.
+Publishing is the protocol of `pipeline.engine.publish`: until `run.json` names the run it is not
+committed, and a crash anywhere here leaves a staging run that the same command finalizes again
+(products rewritten before the intent is recorded, the publish completed after).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
 
+from pipeline.engine import publish
 from pipeline.engine.block import BlockResult, block_marker, pending_blocks
+from pipeline.engine.crash_points import crash_point
 from pipeline.engine.output_grid import crs_label
-from pipeline.engine.plan import MANIFEST, STAGING_DIR, STORE, RunPlan, read_manifest
+from pipeline.engine.plan import STORE, RunPlan, read_manifest
 from pipeline.engine.routing import routing_shares
 from pipeline.errors import InputError, M2CDError, OutputExistsError
 from pipeline.io import storage
@@ -81,18 +85,6 @@ def _product_metadata(plan: RunPlan) -> ProductMetadata:
     )
 
 
-def _publish(plan: RunPlan, names: list[str]) -> dict[str, str]:
-    """Move finished products from staging into OUT (replacing older ones only with overwrite)."""
-    uris = {}
-    for name in names:
-        src, dst = storage.join(plan.staging, name), storage.join(plan.out, name)
-        if storage.exists(dst):
-            storage.remove(dst, recursive=True)
-        storage.move(src, dst)
-        uris[name] = dst
-    return uris
-
-
 def _routing_summary(results: list[BlockResult]) -> list[dict[str, Any]]:
     """Expert shares per stage and modality over the scene's valid pixels (the blocks' counts
     summed: integers, so the same for any block size)."""
@@ -107,16 +99,55 @@ def summary_from_manifest(manifest: dict[str, Any]) -> RunSummary:
 
 
 def finalize_run(
-    plan: RunPlan, seconds: float | None = None, blocks_resumed: int = 0
+    plan: RunPlan,
+    seconds: float | None = None,
+    blocks_resumed: int = 0,
+    before_publish: Callable[[], None] | None = None,
 ) -> RunSummary:
     """Write the products from the complete store and publish them; `OUT/run.json` last.
 
-    A finished run (same key in `OUT/run.json`) returns its summary untouched.
+    A finished run (same key in `OUT/run.json`) returns its summary untouched; a publish that was
+    interrupted is completed with the summary it recorded. `before_publish` runs right before
+    anything in OUT changes (the CLI checks its writer lease there).
     Raises RunIncompleteError naming the missing blocks when some are not done.
     """
     manifest = read_manifest(plan.out)
     if manifest is not None and manifest.get("run_key") == plan.run_key:
+        publish.remove_staging(plan)  # left by a crash right after the commit
         return summary_from_manifest(manifest)
+    intent = publish.read_intent(plan)
+    if intent is None:
+        if manifest is not None and not plan.overwrite:  # another run finished meanwhile
+            raise OutputExistsError(f"{plan.out}: holds products of run {manifest.get('run_key')}")
+        summary = _write_products(plan, seconds, blocks_resumed)
+        if before_publish is not None:
+            before_publish()
+        names = [os.path.basename(u.rstrip("/")) for u in summary.products.values()]
+        intent = publish.write_intent(plan, names, summary.model_dump(mode="json"))
+    elif before_publish is not None:
+        before_publish()
+    publish.put_in_place(plan, intent["names"])
+    # the products' figures as recorded; how this call got there (a completed publish) as is
+    summary = RunSummary(**intent["summary"]).model_copy(update={"blocks_resumed": blocks_resumed})
+    if seconds is not None:
+        summary = summary.model_copy(update={"seconds": round(seconds, 3)})
+    publish.commit(
+        plan,
+        {
+            "format": "m2cd-run/1",
+            "run_key": plan.run_key,
+            "created": plan.created.isoformat(),
+            "finished": datetime.now(UTC).isoformat(),
+            "summary": summary.model_dump(mode="json"),
+            "plan": plan.model_dump(mode="json", exclude={"blocks"})
+            | {"optical": redact_spec(plan.optical), "sar": redact_spec(plan.sar)},
+        },
+    )
+    return summary
+
+
+def _write_products(plan: RunPlan, seconds: float | None, blocks_resumed: int) -> RunSummary:
+    """Step 1 of the publish: every product into staging, and the summary they make."""
     missing = pending_blocks(plan)
     if missing:
         listed = ", ".join(plan.blocks[i].name for i in missing[:5])
@@ -131,6 +162,7 @@ def finalize_run(
             "no valid pixel in the overlap: every pixel is nodata (or zero fill / NaN) in one "
             "scene or the other; check the scenes' nodata values and footprints",
         )
+    crash_point("finalize")
     start = time.perf_counter()
     diagnostics = plan.config.products.diagnostics
     routing = (
@@ -141,14 +173,12 @@ def finalize_run(
     written = write_products(
         plan.store_uri, plan.staging, _product_metadata(plan), plan.config.products, routing
     )
-    # the store last: until it moves, a crash here leaves a staging run that finalizes again
+    crash_point("products-written")
+    # the store last: the products are read from it until the end
     names = [os.path.basename(u.rstrip("/")) for u in written.values()] + [STORE]
-    if manifest is not None and not plan.overwrite:  # another run finished meanwhile
-        raise OutputExistsError(f"{plan.out}: holds products of run {manifest.get('run_key')}")
-    uris = _publish(plan, names)
     km2 = [r.changed_km2 for r in results]
     block_seconds = sum(r.seconds for r in results)
-    summary = RunSummary(
+    return RunSummary(
         run_key=plan.run_key,
         out=plan.out,
         shape=(plan.grid.height, plan.grid.width),
@@ -169,23 +199,6 @@ def finalize_run(
         ),
         model_digest=plan.model.digest,
         config_hash=plan.config_hash,
-        products=uris,
+        products={name: storage.join(plan.out, name) for name in names},
         routing=_routing_summary(results) if diagnostics else None,
     )
-    storage.write_json(
-        storage.join(plan.out, MANIFEST),
-        {
-            "format": "m2cd-run/1",
-            "run_key": plan.run_key,
-            "created": plan.created.isoformat(),
-            "finished": datetime.now(UTC).isoformat(),
-            "summary": summary.model_dump(mode="json"),
-            "plan": plan.model_dump(mode="json", exclude={"blocks"})
-            | {"optical": redact_spec(plan.optical), "sar": redact_spec(plan.sar)},
-        },
-    )
-    storage.remove(plan.staging, recursive=True)
-    parent = storage.join(plan.out, STAGING_DIR)
-    if not storage.is_remote(parent) and os.path.isdir(parent) and not os.listdir(parent):
-        os.rmdir(parent)
-    return summary

@@ -1,10 +1,15 @@
 """A whole run in one process: plan, every pending block on a thread pool, finalize (the CLI's
 `m2cd detect`; flows drive the same three steps through Prefect and Dask instead).
+
+From staging to publish the run holds the output's writer lease (`pipeline.io.lease`), so two runs
+into one output never interleave: the second waits (`output.lock_wait_s`) or stops with one line,
+and what a run reports is what it published.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import signal
 import threading
 import time
@@ -15,9 +20,14 @@ from tqdm.auto import tqdm
 
 from pipeline.engine.block import pending_blocks, run_block
 from pipeline.engine.finalize import RunSummary, finalize_run, summary_from_manifest
-from pipeline.engine.plan import RunPlan, plan_run, read_manifest
+from pipeline.engine.plan import RunPlan, open_run, read_manifest, stage_run
+from pipeline.engine.publish import remove_staging
 from pipeline.engine.request import DetectRequest
+from pipeline.engine.staging import sweep_stale
 from pipeline.errors import ConfigError, OutputError
+from pipeline.io.lease import writer_lease
+
+log = logging.getLogger(__name__)
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
@@ -60,14 +70,33 @@ def _detect(
     echo: Callable[[str], None] | None,
 ) -> RunSummary:
     start = time.perf_counter()
-    plan = plan_run(request)
-    if echo is not None:
-        echo(plan.describe())
-    if plan.finished:
-        summary = summary_from_manifest(read_manifest(plan.out) or {})
+    opened = open_run(request)  # read-only: a bad input stops here, before any lock or staging
+    out_cfg = opened.config.output
+    with writer_lease(
+        opened.out, opened.run_key, out_cfg.lock_wait_s, out_cfg.lease_ttl_s
+    ) as lease:
+        plan = stage_run(opened)
         if echo is not None:
-            echo(f"run {plan.run_key} already finished in {plan.out}: nothing to do")
-        return summary
+            echo(plan.describe())
+        for stale in sweep_stale(plan.out, out_cfg.staging_max_age_days, keep=plan.run_key):
+            log.info("removed stale staging %s", stale.describe())
+        if plan.finished:
+            remove_staging(plan)  # left by a crash between the commit and the cleanup
+            summary = summary_from_manifest(read_manifest(plan.out) or {})
+            if echo is not None:
+                echo(f"run {plan.run_key} already finished in {plan.out}: nothing to do")
+            return summary
+        return _run_blocks_and_finalize(plan, progress, workers, echo, start, lease.check)
+
+
+def _run_blocks_and_finalize(
+    plan: RunPlan,
+    progress: bool,
+    workers: int,
+    echo: Callable[[str], None] | None,
+    start: float,
+    before_publish: Callable[[], None],
+) -> RunSummary:
     todo = pending_blocks(plan)
     resumed = len(plan.blocks) - len(todo)
     if echo is not None and resumed:
@@ -81,7 +110,12 @@ def _detect(
                 run_block(plan, block_id, on_tiles=bar.update)
         else:
             run_pool(plan, todo, workers, bar.update)
-    return finalize_run(plan, seconds=time.perf_counter() - start, blocks_resumed=resumed)
+    return finalize_run(
+        plan,
+        seconds=time.perf_counter() - start,
+        blocks_resumed=resumed,
+        before_publish=before_publish,
+    )
 
 
 def run_pool(plan: RunPlan, todo: list[int], workers: int, update: Callable[[int], None]) -> None:

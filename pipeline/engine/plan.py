@@ -2,10 +2,12 @@
 
 Everything a run writes goes under a staging prefix `OUT/.m2cd/<run_key>/` (the Zarr store, one
 completion marker per block, the products); finalize moves the products into `OUT` only when every
-block is marked done, and writes `OUT/run.json` last. The run key hashes the inputs, the model
-digest and the config, so a rerun of the same run picks up the finished blocks and a finished run
-is a no-op. Flows call exactly `plan_run`, `block.run_block` and `finalize.finalize_run`; the CLI
-calls `local.detect`.
+block is marked done, and writes `OUT/run.json` last. The run key hashes the inputs' content
+(`pipeline.io.fingerprint`: a touched or copied input keeps it), the model digest and the config,
+so a rerun of the same run picks up the finished blocks and a finished run is a no-op. Flows call
+exactly `plan_run`, `block.run_block` and `finalize.finalize_run`; the CLI calls `local.detect`,
+which opens the run (`open_run`, read-only), takes the output's writer lease, then stages it
+(`stage_run`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -194,8 +197,10 @@ def require_s3_credentials(uris: list[str]) -> None:
 
 
 def config_hash(cfg: DetectConfig) -> str:
-    """SHA-256 of the canonical config JSON (everything that shapes the products)."""
-    text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """SHA-256 of the canonical config JSON (everything that shapes the products; the `output`
+    section, which only says how the prefix is shared, is left out)."""
+    shaping = cfg.model_dump(mode="json", exclude={"output"})
+    text = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -206,9 +211,9 @@ def run_key(
     cfg_hash: str,
     dates: tuple[datetime | None, datetime | None] = (None, None),
 ) -> str:
-    """16 hex digits naming a run: same inputs (by size and stamp), model and config, same key,
-    so a rerun resumes instead of starting over. Acquisition dates given by the user (they land
-    in the products) join the key only when given, so every other run keeps its key."""
+    """16 hex digits naming a run: same input content (not path or mtime), model and config, same
+    key, so a rerun resumes instead of starting over, also after `touch` or `cp`. Acquisition
+    dates given by the user (they land in the products) join the key only when given."""
     items: list[Any] = [
         fingerprint(optical, "optical"),
         fingerprint(sar, "sar"),
@@ -236,16 +241,55 @@ def _existing_products(out: str) -> list[str]:
     return [name for name in PRODUCT_NAMES if storage.exists(storage.join(out, name))]
 
 
-def plan_run(request: DetectRequest) -> RunPlan:
-    """Open the inputs (headers), fix the grid, model and run key, and prepare the staging store.
+def _is_within(uri: str, target: str) -> bool:
+    """Whether `uri` is `target` or lies inside it (local paths compared after realpath)."""
+    if storage.is_remote(uri) or storage.is_remote(target):
+        a, b = uri.rstrip("/"), target.rstrip("/")
+    else:
+        a = os.path.realpath(uri.removeprefix("file://"))
+        b = os.path.realpath(target.removeprefix("file://"))
+    return a == b or a.startswith(b + "/")
 
-    Returns a plan with `finished=True` when `OUT` already holds this very run (nothing to do).
-    Raises OutputExistsError when `OUT` holds products of another run and overwrite is off.
+
+def _refuse_inputs_among_products(out: str, request: DetectRequest) -> None:
+    """An input stored where a product goes would be replaced by it (with --overwrite) while the
+    run still reads it: refused at plan time, whatever the flags."""
+    for role, uri in (("optical", request.optical), ("SAR", request.sar)):
+        for name in (*PRODUCT_NAMES, MANIFEST):
+            if _is_within(uri, target := storage.join(out, name)):
+                raise InputError(
+                    target,
+                    f"is this run's {role} input ({uri}); publishing would replace it: "
+                    "choose another --out",
+                )
+
+
+@dataclass(frozen=True)
+class OpenedRun:
+    """A run's inputs opened and its key fixed; nothing written yet (see `stage_run`)."""
+
+    request: DetectRequest
+    out: str
+    pair: Any  # pipeline.engine.pair.Pair (kept in this process only)
+    model: ModelRef
+    config: DetectConfig
+    config_hash: str
+    run_key: str
+    decoding: dict[str, list[str]]
+
+
+def open_run(request: DetectRequest) -> OpenedRun:
+    """Open the inputs (headers), fix the model, config and run key; writes nothing.
+
+    Every check that needs no output runs here, so a bad input leaves no staging (and, on a local
+    disk, not even the output folder) behind.
     """
     out = resolve_output(request.out)  # before anything is opened or written
     require_writable_output(out)
     require_s3_credentials([request.optical, request.sar, out, request.checkpoint or ""])
     require_bucket(out)
+    out = out.rstrip("/") if storage.is_remote(out) else out
+    _refuse_inputs_among_products(out, request)
     pair = pairs.open_pair(request.optical, request.sar, request.config)
     ref = describe_model(request.checkpoint, request.model)
     check_weights_fit(ref.checkpoint)  # before staging: not in the first block, as a traceback
@@ -266,9 +310,23 @@ def plan_run(request: DetectRequest) -> RunPlan:
     dates = (request.pre_date, request.post_date)
     key = run_key(request.optical, request.sar, ref.digest, chash, dates)
     pairs.remember(key, pair)
-    out = out.rstrip("/") if storage.is_remote(out) else out
-    staging = storage.join(out, STAGING_DIR, key)
+    return OpenedRun(request, out, pair, ref, cfg, chash, key, decoding)
 
+
+def plan_run(request: DetectRequest) -> RunPlan:
+    """Open the inputs (headers), fix the grid, model and run key, and prepare the staging store.
+
+    Returns a plan with `finished=True` when `OUT` already holds this very run (nothing to do).
+    Raises OutputExistsError when `OUT` holds products of another run and overwrite is off.
+    """
+    return stage_run(open_run(request))
+
+
+def stage_run(opened: OpenedRun) -> RunPlan:
+    """The plan of an opened run, its staging prepared (see `plan_run`); the CLI calls it while it
+    holds the output's writer lease, so the overwrite guard below cannot race another run."""
+    request, out, key, cfg = opened.request, opened.out, opened.run_key, opened.config
+    staging = storage.join(out, STAGING_DIR, key)
     manifest = read_manifest(out)
     finished = manifest is not None and manifest.get("run_key") == key
     if not finished and not request.overwrite:
@@ -283,7 +341,7 @@ def plan_run(request: DetectRequest) -> RunPlan:
                 f"{out}: {', '.join(existing)} already exist(s); pass --overwrite to replace"
             )
 
-    grid_info = pair.grid
+    grid_info = opened.pair.grid
     h, w = grid_info.shape
     grid = GridSpec(
         crs_wkt=grid_info.crs.to_wkt() if grid_info.crs is not None else None,
@@ -308,14 +366,14 @@ def plan_run(request: DetectRequest) -> RunPlan:
         optical=request.optical,
         sar=request.sar,
         grid=grid,
-        resampling=pair.resampling,
-        sar_units=pair.sar.units,
-        optical_datetime=request.pre_date or pair.optical.acquired,
-        sar_datetime=request.post_date or pair.sar.acquired,
-        decoding=decoding,
+        resampling=opened.pair.resampling,
+        sar_units=opened.pair.sar.units,
+        optical_datetime=request.pre_date or opened.pair.optical.acquired,
+        sar_datetime=request.post_date or opened.pair.sar.acquired,
+        decoding=opened.decoding,
         config=cfg,
-        config_hash=chash,
-        model=ref,
+        config_hash=opened.config_hash,
+        model=opened.model,
         tiles=tgrid.count,
         tile_runs=sum(b.tiles for b in blocks),
         blocks=blocks,

@@ -26,6 +26,7 @@ from typing import Any
 
 from pipeline.errors import InputError
 from pipeline.io import remote, storage
+from pipeline.io.fingerprint import content_fingerprint
 from pipeline.io.stac_input import item_bands, looks_like_item
 from pipeline.io.vrt import BandSource, stack_xml
 
@@ -122,8 +123,9 @@ def resolve_input(spec: str, role: str) -> ResolvedInput:
 
 
 def fingerprint(spec: str, role: str) -> Any:
-    """Identity of a scene string: for one file its URI, size and modification stamp (ETag on S3
-    and HTTP); a list of those for a band list or a STAC Item (the Item and its assets)."""
+    """Identity of a scene string: for a local or S3 file its content (pipeline.io.fingerprint:
+    size + sampled hash, or size + ETag), for HTTP its URI, size and ETag; a list of those for a
+    band list or a STAC Item (the Item and its assets)."""
     parts = input_parts(spec, role)
     if len(parts) == 1:
         return _file_fingerprint(parts[0])
@@ -132,12 +134,13 @@ def fingerprint(spec: str, role: str) -> Any:
 
 def _file_fingerprint(uri: str) -> dict[str, Any]:
     kind = remote.scheme(uri)
-    if kind is None:
-        st = os.stat(uri.removeprefix("file://"))
-        return {"uri": os.path.abspath(uri), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if kind is None:  # content, not path or mtime: a touched or copied input resumes
+        return content_fingerprint(uri)
     if kind == "s3" or remote.is_url(uri):
         try:
-            info = storage.fs_for(uri).info(uri) if kind == "s3" else _http_info(uri)
+            if kind == "s3":
+                return content_fingerprint(uri)
+            info = _http_info(uri)
         except (OSError, ValueError) as exc:
             raise InputError(
                 remote.redact_uri(uri), f"cannot access ({storage.redact(str(exc))})"

@@ -232,19 +232,40 @@ def move(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     if not is_remote(src):
         os.replace(_local_path(src), _local_path(dst))
         return
+    files = copy(src, dst)
+    fs = fs_for(src)
+    for path in files:
+        fs.rm_file(path)
+
+
+def copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> list[str]:
+    """Copy a file or directory tree to `dst` (which must not exist); the source paths copied.
+
+    S3: object by object (servers disagree on directory markers); a crash leaves a partial `dst`
+    and an intact `src`, so a caller can always start the copy again.
+    """
+    if is_remote(src) != is_remote(dst):
+        raise ValueError(f"copy between local and remote is not supported: {src} -> {dst}")
+    if not is_remote(src):
+        import shutil
+
+        source, target = _local_path(src), _local_path(dst)
+        if os.path.isdir(source):
+            shutil.copytree(source, target)
+        else:
+            shutil.copyfile(source, target)
+        return [source]
     fs = fs_for(src)
     root, target = _strip(src).rstrip("/"), _strip(dst).rstrip("/")
     if fs.isfile(root):
         fs.copy(root, target)
-        fs.rm_file(root)
-        return
+        return [root]
     files = [p for p in fs.find(root) if p != root]
     if not files:
-        raise FileNotFoundError(f"{src}: nothing to move")
-    for path in files:  # object by object: servers disagree on directory markers
-        fs.copy(path, f"{target}/{os.path.relpath(path, root)}")
+        raise FileNotFoundError(f"{src}: nothing to copy")
     for path in files:
-        fs.rm_file(path)
+        fs.copy(path, f"{target}/{os.path.relpath(path, root)}")
+    return files
 
 
 def remove(uri: str | os.PathLike[str], recursive: bool = False) -> None:

@@ -29,7 +29,7 @@ def scene(tmp_path_factory) -> Path:
     return out
 
 
-def _detect_args(scene: Path, out: Path, workers: int) -> list[str]:
+def scene_detect_args(scene: Path, out: Path, workers: int) -> list[str]:
     return ["detect", str(scene / "optical.tif"), str(scene / "sar.tif"), "--out", str(out),
             "--model", "tiny", "--device", "cpu", "--tile", "64", "--overlap", "16",
             "--block", str(BLOCK), "--no-progress", "--workers", str(workers)]  # fmt: skip
@@ -38,7 +38,7 @@ def _detect_args(scene: Path, out: Path, workers: int) -> list[str]:
 @pytest.fixture(scope="module")
 def clean(scene, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean") / "out"
-    res = run_cli(_detect_args(scene, out, 1))
+    res = run_cli(scene_detect_args(scene, out, 1))
     assert res.returncode == 0, res.stderr
     return fingerprint(out)
 
@@ -70,7 +70,7 @@ def _interrupt_when(proc: subprocess.Popen, ready, twice: bool) -> float:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_exits_130_keeps_blocks_and_the_rerun_is_identical(scene, clean, tmp_path, workers):
     out = tmp_path / "out"
-    proc = _start([*_detect_args(scene, out, workers)])
+    proc = _start([*scene_detect_args(scene, out, workers)])
     markers = lambda: list(out.glob(".m2cd/*/blocks/*.json"))  # noqa: E731
     seconds = _interrupt_when(proc, lambda: bool(markers()), twice=workers > 1)
     stderr = proc.stderr.read()
@@ -82,7 +82,7 @@ def test_ctrl_c_exits_130_keeps_blocks_and_the_rerun_is_identical(scene, clean, 
     assert 1 <= kept < (SIZE // BLOCK) ** 2, "the pool ran every remaining block first"
     assert published(out) == []
 
-    rerun = run_cli(_detect_args(scene, out, workers))
+    rerun = run_cli(scene_detect_args(scene, out, workers))
     assert rerun.returncode == 0, rerun.stderr
     assert f"({kept} resumed)" in rerun.stdout
     assert fingerprint(out) == clean
