@@ -8,6 +8,7 @@ products then carry no CRS.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import warnings
@@ -302,6 +303,24 @@ def open_scene(uri: str | os.PathLike[str], role: Role, cfg: DetectConfig) -> Sc
     if role == "sar":
         scene.units = _resolve_units(scene, cfg)
     return scene
+
+
+def with_bands(scene: Scene, cfg: DetectConfig) -> Scene:
+    """The opened scene reading the bands ``cfg`` selects, without opening the file again.
+
+    A model whose channels differ from the defaults changes the bands after the header was read;
+    reopening both files for that cost a second header read each and, for SAR in ``auto`` units,
+    five more sampled windows from a fresh dataset. SAR units are sampled again (through the dataset
+    already open in this thread) only when the bands changed, since they are measured on them.
+    """
+    bands = _select_bands(scene.uri, scene.role, scene.count, cfg)
+    if bands == scene.bands:
+        return scene
+    out = dataclasses.replace(scene, bands=bands, units=None, _data=None)
+    out.datasets = scene.datasets  # same file: this thread's open dataset serves the new bands
+    if out.role == "sar":
+        out.units = _resolve_units(out, cfg)
+    return out
 
 
 def _check_fill(scene: Scene) -> None:
