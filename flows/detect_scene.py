@@ -8,6 +8,7 @@ artifacts (a progress bar while blocks finish, a markdown summary at the end).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -18,11 +19,20 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NONE
+from prefect.context import FlowRunContext
 from prefect.events import emit_event
+from prefect.exceptions import MissingContextError
+from prefect.futures import as_completed
 
 from flows.faults import is_transient, retry_transient
 from flows.runner import annotate_resources, block_resources, choose_runner, task_runner
-from pipeline.engine.finalize import RunSummary
+from m2cd.pretrained import DEFAULT_MODEL, shipped_checkpoint, shipped_models
+from pipeline.config import load_detect_config
+from pipeline.engine.block import pending_blocks, run_block
+from pipeline.engine.finalize import RunSummary, finalize_run
+from pipeline.engine.plan import plan_run
+from pipeline.engine.request import DetectRequest
+from pipeline.registry import PROMOTED, Registry, registry_root
 
 MANIFEST = {"persist_result": True, "result_serializer": "json", "cache_policy": NONE}
 MAX_RESUBMITS = 2  # extra submissions of a block whose worker was lost
@@ -36,8 +46,6 @@ def resolve_model(model: str, registry: str | None = None) -> str:
     a registry digest → its checkpoint; a shipped model's name (or 'default') → its directory;
     a path/URI stays as is.
     """
-    from m2cd.pretrained import DEFAULT_MODEL, shipped_checkpoint, shipped_models
-    from pipeline.registry import PROMOTED, Registry, registry_root
 
     if model == "default" or model in shipped_models():
         return str(shipped_checkpoint(DEFAULT_MODEL if model == "default" else model))
@@ -56,9 +64,6 @@ def resolve_model(model: str, registry: str | None = None) -> str:
 
 def _log_info(message: str) -> None:
     """Log to the flow run when there is one (also callable outside a flow)."""
-    import logging
-
-    from prefect.exceptions import MissingContextError
 
     try:
         get_run_logger().info(message)
@@ -69,7 +74,6 @@ def _log_info(message: str) -> None:
 @task(name="plan", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, **MANIFEST)
 def plan_task(request: Any) -> Any:
     """Open both scenes lazily, check grids, lay out the tile grid and blocks (small JSON plan)."""
-    from pipeline.engine.plan import plan_run
 
     return plan_run(request)
 
@@ -84,7 +88,6 @@ def plan_task(request: Any) -> Any:
 )
 def block_task(plan: Any, block_id: int) -> Any:
     """Infer and write one block (idempotent: returns at once when already marked done)."""
-    from pipeline.engine.block import run_block
 
     return run_block(plan, block_id)
 
@@ -98,14 +101,12 @@ def block_task(plan: Any, block_id: int) -> Any:
 )
 def finalize_task(plan: Any) -> Any:
     """COG, polygons, STAC item and quick-look once every block is done (moved into place)."""
-    from pipeline.engine.finalize import finalize_run
 
     return finalize_run(plan)
 
 
 def _run_blocks(runner: Any, plan: Any, block_ids: list[int], logger: Any) -> list[Any]:
     """Submit every block, move the progress artifact as they finish, resubmit lost-worker blocks."""
-    from prefect.futures import as_completed
 
     progress_id = create_progress_artifact(
         progress=0.0, description=f"blocks done of {len(block_ids)} ({plan.run_key[:12]})"
@@ -135,7 +136,6 @@ def _run_blocks(runner: Any, plan: Any, block_ids: list[int], logger: Any) -> li
 
 def _api_url() -> str | None:
     """The API this flow run reports to (the temporary server's URL in the embedded default)."""
-    from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
     return str(ctx.client.api_url) if ctx and ctx.client else None
@@ -186,9 +186,6 @@ def detect_scene(
         registry: model registry root (else $M2CD_REGISTRY, else ~/.m2cd/registry).
         overwrite: replace products of another run found at `output`.
     """
-    from pipeline.config import load_detect_config
-    from pipeline.engine.block import pending_blocks
-    from pipeline.engine.request import DetectRequest
 
     logger = get_run_logger()
     started = time.monotonic()

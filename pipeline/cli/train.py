@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from pipeline.errors import ConfigError
 
 HELD_OUT = 0.2
 
@@ -17,6 +20,7 @@ def hold_out(windows: list[str], fraction: float) -> tuple[list[str], list[str]]
     on pixels the model did not train on (fitted on training pixels it stays near 0.5, which
     missed most of a real flood: recall 0.23).
     """
+    # deferred: pipeline.training pulls torch (+2.7 s); m2cd --help must not
     from pipeline.training.config import parse_window
 
     train, val = [], []
@@ -94,13 +98,11 @@ def train_command(
     ] = None,
 ) -> None:
     """Train; writes OUT/best and OUT/last (each loadable by `m2cd detect --checkpoint`)."""
-    import json
 
-    # inside the command: these import torch (~5 s that `m2cd --help` does not need)
+    # deferred: pydantic + pipeline.config (m2cd, hence torch: +2.7 s) stay out of m2cd --help
     from pydantic import ValidationError
 
     from pipeline.config import format_validation_error, parse_overrides
-    from pipeline.errors import ConfigError
     from pipeline.training.config import load_train_config
     from pipeline.training.trainer import train
 

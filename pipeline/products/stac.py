@@ -13,6 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +250,6 @@ def file_fields(path: Path | None) -> dict[str, Any]:
 
 
 def _software_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version(SOFTWARE)

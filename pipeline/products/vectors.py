@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pyogrio
 import pyproj
 import shapely
 
@@ -142,7 +143,6 @@ class FlatGeobufSink:
         self.path = path
 
     def write_all(self, batches: Iterable[list[Feature]], layout: Layout) -> None:
-        import pyogrio
 
         schema = arrow_schema(layout).with_metadata(None)
         geometry = schema.field("geometry").with_metadata({"ARROW:extension:name": "geoarrow.wkb"})

@@ -20,9 +20,16 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import rasterio
+from rasterio.errors import RasterioIOError
 
 from pipeline.config import DetectConfig
 from pipeline.errors import ConfigError, InputError
+from pipeline.geometry import PixelBox
+from pipeline.io import storage
+from pipeline.io.bands import resolve_bands
+from pipeline.io.normalize import normalize_optical, normalize_sar, valid_mask
+from pipeline.io.scene import open_scene
 from pipeline.training.config import Area, ChipSource, DataConfig, FolderSource, SceneSource
 
 IGNORE = 255
@@ -94,7 +101,6 @@ def decode_label(
 
 
 def _window(window: tuple[int, int, int, int]):
-    from pipeline.geometry import PixelBox
 
     r0, r1, c0, c1 = window
     return PixelBox(r0, r1, c0, c1)
@@ -102,7 +108,6 @@ def _window(window: tuple[int, int, int, int]):
 
 def area_window(area: Area, optical_uri: str, cfg: DetectConfig) -> tuple[int, int, int, int]:
     """Pixel window of an area, clipped to the scene; bounds go through the optical transform."""
-    from pipeline.io.scene import open_scene
 
     scene = open_scene(optical_uri, "optical", cfg)
     h, w = scene.shape
@@ -142,9 +147,6 @@ def read_pair(
     ``channels``: the model's channel counts; the bands are then chosen as the engine chooses them
     (``pipeline.bands.resolve_bands``), so a model trains and detects on the same bands.
     """
-    from pipeline.io.bands import resolve_bands
-    from pipeline.io.normalize import normalize_optical, normalize_sar, valid_mask
-    from pipeline.io.scene import open_scene
 
     opt_scene = open_scene(optical_uri, "optical", cfg)
     sar_scene = open_scene(sar_uri, "sar", cfg)
@@ -175,10 +177,6 @@ def read_label_raw(
     uri: str, window: tuple[int, int, int, int] | None
 ) -> tuple[np.ndarray, float | None]:
     """One label band of a window inside the raster (and its nodata), via ``pipeline.storage``."""
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    from pipeline.io import storage
 
     try:
         with storage.gdal_env(uri), rasterio.open(storage.gdal_path(uri)) as src:

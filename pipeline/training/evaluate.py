@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from m2cd.metrics import ConfusionMatrix
 from pipeline.errors import InputError
 from pipeline.training.data import IGNORE, decode_label, label_encoding, read_label_raw
 
 
 def evaluate_arrays(pred: np.ndarray, label: np.ndarray) -> dict[str, Any]:
     """pred 0/1 (255 = no prediction), label 0/1 (255 = ignore), same shape -> metrics dict."""
-    from m2cd.metrics import ConfusionMatrix
 
     pred, label = np.asarray(pred), np.asarray(label)
     if pred.shape != label.shape:

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
-from pipeline.viewer.layers import MapLayers
+from pipeline.viewer.layers import MapLayers, build_layers
 
 log = logging.getLogger(__name__)
 STATIC = resources.files("pipeline.viewer") / "static"
@@ -91,7 +91,6 @@ class MapServer:
 
 def serve(out: Path, host: str, port: int, max_size: int) -> None:
     """Render the layers of `out` and serve them until interrupted."""
-    from pipeline.viewer.layers import build_layers
 
     layers = build_layers(out, max_size=max_size)
     httpd = ThreadingHTTPServer((host, port), make_handler(layers))
