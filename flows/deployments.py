@@ -93,6 +93,8 @@ def _region_path(name: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m flows.deployments`: the runner `m2cd serve` starts as its own child process, beside
+    `prefect server start`, so each can be stopped and its log read apart."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--region", action="append", default=[], help="Region name or YAML path.")
     args = parser.parse_args(argv)

@@ -63,11 +63,14 @@ class RegionRunError(M2CDError):
 
 
 def pair_output(region: RegionConfig, pair: Pair) -> str:
-
+    """Where a pair's products go: one folder per pair id under the region's output, so reruns find
+    and skip finished pairs."""
     return child(region.output, pair.id, what="pair id")  # an id can never climb out
 
 
 def read_record(region: RegionConfig, pair: Pair) -> PairRecord | None:
+    """The record a finished pair left (None if it never finished): its presence is what makes a
+    rerun skip the pair."""
     uri = storage.join(pair_output(region, pair), PAIR_RECORD)
     if not storage.exists(uri):
         return None
@@ -75,6 +78,8 @@ def read_record(region: RegionConfig, pair: Pair) -> PairRecord | None:
 
 
 def write_record(region: RegionConfig, pair: Pair, manifest: RunSummary) -> PairRecord:
+    """Write the pair's record after its products are published, so a pair with a record always has
+    products."""
     record = PairRecord(
         pair_id=pair.id,
         optical=pair.optical.uri,
@@ -93,6 +98,7 @@ def write_record(region: RegionConfig, pair: Pair, manifest: RunSummary) -> Pair
 
 
 def summary_csv(records: list[PairRecord]) -> str:
+    """The region's pairs as CSV for the Prefect table artifact and for spreadsheets."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["pair", "optical", "sar", "changed_km2", "output"])
@@ -102,6 +108,8 @@ def summary_csv(records: list[PairRecord]) -> str:
 
 
 def summary_markdown(summary: RegionSummary) -> str:
+    """The region run as the markdown artifact Prefect's UI shows: counts first, then one row per
+    pair."""
     lines = [
         f"# monitor-region `{summary.region}`",
         "",

@@ -39,6 +39,9 @@ JSON_RESULT = {"persist_result": True, "result_serializer": "json"}
 
 
 class TrainManifest(BaseModel):
+    """What the training task hands to evaluation: plain paths and a count, so it crosses Prefect's
+    task boundary as JSON."""
+
     best: str
     last: str
     steps: int

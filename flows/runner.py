@@ -31,6 +31,7 @@ class RunnerChoice(BaseModel):
     gpus: int = 0
 
     def describe(self) -> str:
+        """The choice in one line for the flow log: users see which cluster ran their blocks."""
         if self.address:
             return f"existing Dask cluster at {self.address}"
         kind = f"{self.gpus} GPU worker(s) with GPU=1" if self.gpus else "CPU worker(s)"

@@ -98,10 +98,15 @@ class Pair(BaseModel):
 
     @property
     def gap_days(self) -> float:
+        """Days from optical to SAR acquisition: pairing keeps it within `max_days_before` (30 by
+        default), since older optical scenes show more change that is not the event."""
         return (self.sar.datetime - self.optical.datetime).total_seconds() / 86400
 
 
 class Catalog(BaseModel):
+    """The scenes a discovery found, and the files it skipped with why (so a user sees what was left
+    out)."""
+
     scenes: list[SceneRef]
     skipped: list[str] = []
 

@@ -70,6 +70,9 @@ class SynthSpec(BaseModel):
 
 @dataclass(frozen=True)
 class SynthResult:
+    """Paths of a written synthetic pair and label, with the change fraction drawn (tests and
+    benches assert on it)."""
+
     optical: Path
     sar: Path
     label: Path

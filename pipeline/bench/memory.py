@@ -102,6 +102,8 @@ def run(
     workdir: str | None = None,
     cache_dir: str | None = None,
 ) -> dict[str, Any]:
+    """Detect the same synthetic scene at two sizes, each in a fresh process, and report both peak
+    RSS values and their ratio."""
     overrides = {
         "tiling.tile": tile,
         "tiling.overlap": overlap,
@@ -135,6 +137,7 @@ def run(
 
 
 def format_table(r: dict[str, Any]) -> str:
+    """The figures as BENCHMARKS.md quotes them."""
     s, lg = r["small"], r["large"]
     return (
         f"memory bench: {r['model']} on {r['device']}, tile {r['tile']}, overlap {r['overlap']}, "

@@ -142,6 +142,7 @@ def run(
 
 
 def format_table(r: dict[str, Any]) -> str:
+    """The figures as BENCHMARKS.md quotes them."""
     return (
         f"pipeline bench: {r['model']} on {r['device']} ({r['precision']}), "
         f"{r['scene'][0]}×{r['scene'][1]} px, {r['tiles']} tiles of {r['tile']} "

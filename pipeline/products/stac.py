@@ -30,6 +30,9 @@ from pipeline.products.metadata import ProductMetadata
 
 @dataclass(frozen=True)
 class AssetSpec:
+    """One STAC asset of the products: its file, media type, roles and title, written as STAC
+    expects them."""
+
     href: str  # relative to item.json, e.g. ./change_prob.tif
     media_type: str
     roles: tuple[str, ...]
@@ -159,6 +162,7 @@ def _up(v: float, digits: int = 9) -> float:
 
 
 def native_bbox(meta: ProductMetadata) -> list[float]:
+    """The scene's bounding box in its own CRS (`proj:bbox`), from the four grid corners."""
     height, width = meta.shape
     xs, ys = meta.to_crs(np.array([0, width, width, 0]), np.array([0, 0, height, height]))
     return [float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))]

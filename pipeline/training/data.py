@@ -62,6 +62,7 @@ class LabelledArea:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(height, width) of the area, from its label."""
         return self.label.shape  # type: ignore[return-value]
 
 
@@ -196,6 +197,8 @@ def read_label_raw(
 
 
 def assemble(opt, sar, valid, label, name: str) -> LabelledArea:
+    """Mark invalid pixels IGNORE in the label, so the loss and metrics skip what either input
+    lacks."""
     label = label.copy()
     label[~valid] = IGNORE
     return LabelledArea(

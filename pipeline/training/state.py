@@ -93,6 +93,8 @@ def save_state(
 
 
 def has_state(path: str | Path) -> bool:
+    """Whether `path` holds a resumable training state: both files, since either alone is a save cut
+    short."""
     return (Path(path) / STATE_JSON).is_file() and (Path(path) / STATE_TENSORS).is_file()
 
 

@@ -54,6 +54,9 @@ from pipeline.training.teacher import EMATeacher, attach_teacher
 
 @dataclass
 class TrainResult:
+    """What a training run leaves: the best and last checkpoints, the best metrics and the stage
+    history."""
+
     out_dir: Path
     best: Path
     last: Path
@@ -67,6 +70,8 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> np.random.Generator:
+    """Seed Python, NumPy and torch from one number and return the generator the sampler draws from,
+    so a run is repeatable."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

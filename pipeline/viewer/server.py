@@ -33,6 +33,8 @@ def _static(path: str) -> bytes | None:
 
 
 def make_handler(layers: MapLayers) -> type[BaseHTTPRequestHandler]:
+    """A handler class serving the prepared layers from memory: everything is rendered once at
+    start, so a request never touches the products."""
     routes: dict[str, tuple[bytes, str]] = {
         "/api/meta.json": (json.dumps(layers.meta()).encode(), "application/json"),
         "/api/polygons.geojson": (json.dumps(layers.polygons).encode(), "application/geo+json"),
@@ -76,6 +78,7 @@ class MapServer:
 
     @property
     def url(self) -> str:
+        """The address to open in a browser (the port was picked free at start)."""
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}/"
 
