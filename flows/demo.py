@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 
 import typer
+import yaml
+
+from pipeline.errors import InputError
 
 OMBRIA = Path(__file__).resolve().parents[1].parent / "shared/data/real/ombria_s2pre_s1post_flood"
 TRAIN_FRACTION = 0.3  # of the mosaic's columns, for the fine-tune
@@ -46,7 +49,6 @@ def _embedded_prefect(out: Path) -> None:
 def _data_spec(scene, width: int, height: int, path: Path) -> Path:
     """The training-data spec (what `m2cd labels push` publishes): the left 30 % of the columns,
     its last sixth held out for validation (the threshold is fitted there)."""
-    import yaml
 
     cut = int(width * TRAIN_FRACTION)
     val = cut - cut // 6
@@ -71,6 +73,7 @@ def _data_spec(scene, width: int, height: int, path: Path) -> Path:
 
 
 def _scores(mask: str, label: str, window: tuple[int, int, int, int]) -> dict:
+    # deferred: pipeline.training pulls torch (+2.7 s): python -m flows.demo --help must not
     from pipeline.training.evaluate import evaluate_files
 
     return evaluate_files(mask, label, window)
@@ -95,7 +98,7 @@ def run_demo(
     _embedded_prefect(out)
     t0 = time.monotonic()
 
-    from pipeline.errors import InputError
+    # deferred: pipeline.training pulls torch (+2.7 s): flows.demo --help must not
     from pipeline.training.config import ChipSource, load_train_config
     from pipeline.training.data import chip_triples
     from pipeline.training.mosaic import write_mosaic
@@ -115,6 +118,7 @@ def run_demo(
         flush=True,
     )
 
+    # deferred: the flows pull prefect (+2.0 s) and torch: flows.demo --help must not
     from flows.detect_scene import detect_scene
     from flows.retrain import retrain
 

@@ -12,6 +12,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from prefect import serve
+from prefect.events import DeploymentEventTrigger
+from prefect.types.entrypoint import EntrypointType
+
+from flows.detect_scene import detect_scene
+from flows.monitor_region import monitor_region
+from flows.retrain import retrain
+from pipeline.catalog import load_region
 from pipeline.config import CONFIG_DIR
 
 LABELS_EVENT = "m2cd.labels.updated"
@@ -28,7 +36,6 @@ RETRAIN_EVENT_PARAMETERS = {
 
 def region_configs(names: list[str] | None = None) -> list[tuple[str, Any]]:
     """(YAML path, RegionConfig) of the given names/paths, else of the enabled configs/regions/*.yaml."""
-    from pipeline.catalog import load_region
 
     if names:
         return [(str(p.resolve()), load_region(p)) for p in map(_region_path, names)]
@@ -38,7 +45,6 @@ def region_configs(names: list[str] | None = None) -> list[tuple[str, Any]]:
 
 def retrain_trigger() -> Any:
     """Run retrain/local whenever anything emits `m2cd.labels.updated`."""
-    from prefect.events import DeploymentEventTrigger
 
     return DeploymentEventTrigger(
         name="retrain-on-new-labels",
@@ -50,11 +56,6 @@ def retrain_trigger() -> Any:
 
 def build_deployments(regions: list[str] | None = None) -> list[Any]:
     """RunnerDeployments for `prefect.serve` (nothing is registered until served)."""
-    from prefect.types.entrypoint import EntrypointType
-
-    from flows.detect_scene import detect_scene
-    from flows.monitor_region import monitor_region
-    from flows.retrain import retrain
 
     module = EntrypointType.MODULE_PATH
     deployments = [
@@ -92,10 +93,11 @@ def _region_path(name: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m flows.deployments`: the runner `m2cd serve` starts as its own child process, beside
+    `prefect server start`, so each can be stopped and its log read apart."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--region", action="append", default=[], help="Region name or YAML path.")
     args = parser.parse_args(argv)
-    from prefect import serve
 
     serve(*build_deployments(args.region), print_starting_message=True)
 

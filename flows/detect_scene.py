@@ -8,9 +8,14 @@ artifacts (a progress bar while blocks finish, a markdown summary at the end).
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import io
+import logging
 import time
 from typing import Any
 
+from PIL import Image
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -18,11 +23,24 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NONE
+from prefect.context import FlowRunContext
 from prefect.events import emit_event
+from prefect.exceptions import MissingContextError
+from prefect.futures import as_completed
 
 from flows.faults import is_transient, retry_transient
 from flows.runner import annotate_resources, block_resources, choose_runner, task_runner
-from pipeline.engine.finalize import RunSummary
+from m2cd.pretrained import DEFAULT_MODEL, shipped_checkpoint, shipped_models
+from pipeline.config import load_detect_config
+from pipeline.engine.block import pending_blocks, run_block
+from pipeline.engine.finalize import RunSummary, finalize_run
+from pipeline.engine.plan import plan_run
+from pipeline.engine.request import validate_request
+from pipeline.errors import M2CDError
+from pipeline.io import storage
+from pipeline.io.remote import redact_spec
+from pipeline.io.storage import redact
+from pipeline.registry import PROMOTED, Registry, registry_root
 
 MANIFEST = {"persist_result": True, "result_serializer": "json", "cache_policy": NONE}
 MAX_RESUBMITS = 2  # extra submissions of a block whose worker was lost
@@ -36,8 +54,6 @@ def resolve_model(model: str, registry: str | None = None) -> str:
     a registry digest → its checkpoint; a shipped model's name (or 'default') → its directory;
     a path/URI stays as is.
     """
-    from m2cd.pretrained import DEFAULT_MODEL, shipped_checkpoint, shipped_models
-    from pipeline.registry import PROMOTED, Registry, registry_root
 
     if model == "default" or model in shipped_models():
         return str(shipped_checkpoint(DEFAULT_MODEL if model == "default" else model))
@@ -56,9 +72,6 @@ def resolve_model(model: str, registry: str | None = None) -> str:
 
 def _log_info(message: str) -> None:
     """Log to the flow run when there is one (also callable outside a flow)."""
-    import logging
-
-    from prefect.exceptions import MissingContextError
 
     try:
         get_run_logger().info(message)
@@ -69,7 +82,6 @@ def _log_info(message: str) -> None:
 @task(name="plan", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, **MANIFEST)
 def plan_task(request: Any) -> Any:
     """Open both scenes lazily, check grids, lay out the tile grid and blocks (small JSON plan)."""
-    from pipeline.engine.plan import plan_run
 
     return plan_run(request)
 
@@ -84,7 +96,6 @@ def plan_task(request: Any) -> Any:
 )
 def block_task(plan: Any, block_id: int) -> Any:
     """Infer and write one block (idempotent: returns at once when already marked done)."""
-    from pipeline.engine.block import run_block
 
     return run_block(plan, block_id)
 
@@ -98,14 +109,12 @@ def block_task(plan: Any, block_id: int) -> Any:
 )
 def finalize_task(plan: Any) -> Any:
     """COG, polygons, STAC item and quick-look once every block is done (moved into place)."""
-    from pipeline.engine.finalize import finalize_run
 
     return finalize_run(plan)
 
 
 def _run_blocks(runner: Any, plan: Any, block_ids: list[int], logger: Any) -> list[Any]:
     """Submit every block, move the progress artifact as they finish, resubmit lost-worker blocks."""
-    from prefect.futures import as_completed
 
     progress_id = create_progress_artifact(
         progress=0.0, description=f"blocks done of {len(block_ids)} ({plan.run_key[:12]})"
@@ -135,7 +144,6 @@ def _run_blocks(runner: Any, plan: Any, block_ids: list[int], logger: Any) -> li
 
 def _api_url() -> str | None:
     """The API this flow run reports to (the temporary server's URL in the embedded default)."""
-    from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
     return str(ctx.client.api_url) if ctx and ctx.client else None
@@ -149,12 +157,6 @@ def quicklook_image(uri: str | None) -> str:
     the product store), or "" when it cannot be read."""
     if not uri:
         return ""
-    import base64
-    import io
-
-    from PIL import Image
-
-    from pipeline.io import storage
 
     try:
         with Image.open(io.BytesIO(storage.read_bytes(uri))) as img:
@@ -169,7 +171,6 @@ def quicklook_image(uri: str | None) -> str:
 def summary_markdown(manifest: RunSummary, plan: Any) -> str:
     """The run summary shown in the Prefect UI: inputs (redacted), what the run decided
     (threshold, SAR units, resampling, model), figures, products and the quick-look."""
-    from pipeline.io.remote import redact_spec
 
     area = "n/a (no CRS)" if manifest.changed_km2 is None else f"{manifest.changed_km2:.4f}"
     rows = "\n".join(f"| {name} | `{uri}` |" for name, uri in manifest.products.items())
@@ -192,7 +193,6 @@ def summary_markdown(manifest: RunSummary, plan: Any) -> str:
 
 def failure_markdown(error: str, optical: str, sar: str) -> str:
     """What a failed run shows in the UI: the one error line, as the CLI prints it."""
-    from pipeline.io.remote import redact_spec
 
     return (
         "# detect-scene failed\n\n"
@@ -239,7 +239,6 @@ def detect_scene(
         pre_date: optical acquisition (ISO date/time) when the input records none.
         post_date: SAR acquisition (ISO date/time) when the input records none.
     """
-    from pipeline.errors import M2CDError
 
     try:
         return _detect_scene(
@@ -247,8 +246,6 @@ def detect_scene(
             pre_date, post_date,
         )  # fmt: skip
     except M2CDError as exc:  # the one line the CLI would print, in the logs --watch shows
-        from pipeline.io.storage import redact
-
         line = redact(str(exc))
         get_run_logger().error("detect-scene failed: %s", line)
         create_markdown_artifact(
@@ -268,9 +265,6 @@ def report_failure(line: str) -> None:
     "Failed". An event related to the flow run, named by the error line, then a drain of both
     queues, makes the line arrive first.
     """
-    import contextlib
-
-    from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
     if ctx is None or ctx.flow_run is None:
@@ -287,6 +281,7 @@ def report_failure(line: str) -> None:
         ],
     )
     with contextlib.suppress(Exception):  # service workers are not public API: best effort
+        # deferred: not public API; a Prefect without them must still import this module
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
 
@@ -307,9 +302,6 @@ def _detect_scene(
     pre_date: str | None,
     post_date: str | None,
 ) -> RunSummary:
-    from pipeline.config import load_detect_config
-    from pipeline.engine.block import pending_blocks
-    from pipeline.engine.request import validate_request
 
     logger = get_run_logger()
     started = time.monotonic()

@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.deployments import run_deployment
 from pydantic import BaseModel
 
 from flows.detect_scene import detect_scene
@@ -26,6 +27,7 @@ from pipeline.catalog import Pair, RegionConfig, discover, load_region, pair_sce
 from pipeline.engine.finalize import RunSummary
 from pipeline.errors import M2CDError
 from pipeline.io import storage
+from pipeline.io.paths import child, resolve_output
 from pipeline.io.remote import redact_spec
 
 PAIR_RECORD = "pair.json"
@@ -62,12 +64,14 @@ class RegionRunError(M2CDError):
 
 
 def pair_output(region: RegionConfig, pair: Pair) -> str:
-    from pipeline.io.paths import child
-
+    """Where a pair's products go: one folder per pair id under the region's output, so reruns find
+    and skip finished pairs."""
     return child(region.output, pair.id, what="pair id")  # an id can never climb out
 
 
 def read_record(region: RegionConfig, pair: Pair) -> PairRecord | None:
+    """The record a finished pair left (None if it never finished): its presence is what makes a
+    rerun skip the pair."""
     uri = storage.join(pair_output(region, pair), PAIR_RECORD)
     if not storage.exists(uri):
         return None
@@ -75,6 +79,8 @@ def read_record(region: RegionConfig, pair: Pair) -> PairRecord | None:
 
 
 def write_record(region: RegionConfig, pair: Pair, manifest: RunSummary) -> PairRecord:
+    """Write the pair's record after its products are published, so a pair with a record always has
+    products."""
     record = PairRecord(
         pair_id=pair.id,
         optical=pair.optical.uri,
@@ -93,6 +99,7 @@ def write_record(region: RegionConfig, pair: Pair, manifest: RunSummary) -> Pair
 
 
 def summary_csv(records: list[PairRecord]) -> str:
+    """The region's pairs as CSV for the Prefect table artifact and for spreadsheets."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["pair", "optical", "sar", "changed_km2", "output"])
@@ -102,6 +109,8 @@ def summary_csv(records: list[PairRecord]) -> str:
 
 
 def summary_markdown(summary: RegionSummary) -> str:
+    """The region run as the markdown artifact Prefect's UI shows: counts first, then one row per
+    pair."""
     lines = [
         f"# monitor-region `{summary.region}`",
         "",
@@ -143,7 +152,6 @@ def _run_pair(
     }
     if deployment is None:
         return detect_scene.with_options(flow_run_name=f"detect-{pair.id}")(**parameters)
-    from prefect.deployments import run_deployment
 
     flow_run = run_deployment(deployment, parameters=parameters, flow_run_name=f"detect-{pair.id}")
     if not flow_run.state or not flow_run.state.is_completed():
@@ -169,7 +177,6 @@ def monitor_region(
     """
     logger = get_run_logger()
     cfg = load_region(region)
-    from pipeline.io.paths import resolve_output
 
     cfg = cfg.model_copy(update={"output": resolve_output(cfg.output)})  # inside $M2CD_OUTPUT_ROOT
     pairs, unpaired = find_pairs(cfg)

@@ -18,12 +18,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from pydantic import BaseModel
 
-from pipeline.errors import InputError
+import m2cd
+from m2cd.pretrained import shipped_checkpoint
+from pipeline.engine.device import autocast_dtype, resolve_device
+from pipeline.errors import ConfigError, InputError
+from pipeline.io import storage
+from pipeline.registry import PROMOTED, Registry, beats, registry_root
+from pipeline.training import load_train_config, train
+from pipeline.training.config import TRAIN_CONFIG_DIR
+from pipeline.training.data import load_areas
+from pipeline.training.trainer import validate
 
 DEFAULT_RECIPE = "finetune"
 PROMOTED_EVENT = "m2cd.model.promoted"
@@ -31,6 +41,9 @@ JSON_RESULT = {"persist_result": True, "result_serializer": "json"}
 
 
 class TrainManifest(BaseModel):
+    """What the training task hands to evaluation: plain paths and a count, so it crosses Prefect's
+    task boundary as JSON."""
+
     best: str
     last: str
     steps: int
@@ -60,10 +73,6 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def _recipe_dict(recipe: str) -> dict[str, Any]:
     """The raw recipe mapping (a name in configs/train/ or a YAML path), validated later."""
-    import yaml
-
-    from pipeline.errors import ConfigError
-    from pipeline.training.config import TRAIN_CONFIG_DIR
 
     path = Path(recipe)
     if not path.suffix and (TRAIN_CONFIG_DIR / f"{recipe}.yaml").exists():
@@ -83,10 +92,6 @@ def build_recipe(
 
     The spec's `data:` keys replace the recipe's (recipes such as demo.yaml ship `scenes: []`).
     """
-    import yaml
-
-    from pipeline.io import storage
-    from pipeline.training import load_train_config
 
     raw = _recipe_dict(recipe or DEFAULT_RECIPE)
     if data:
@@ -111,7 +116,6 @@ def data_fingerprint(cfg: Any) -> str:
 @task(name="train", **JSON_RESULT)
 def train_task(cfg: Any, out_dir: str) -> TrainManifest:
     """Run the recipe; writes out_dir/best and out_dir/last checkpoints."""
-    from pipeline.training import train
 
     result = train(cfg, out_dir)
     return TrainManifest(best=str(result.best), last=str(result.last), steps=result.steps)
@@ -120,10 +124,6 @@ def train_task(cfg: Any, out_dir: str) -> TrainManifest:
 @task(name="evaluate", **JSON_RESULT)
 def evaluate_task(checkpoint: str, cfg: Any) -> dict[str, float]:
     """Change-class metrics of a checkpoint on the recipe's validation areas."""
-    import m2cd
-    from pipeline.engine.device import autocast_dtype, resolve_device
-    from pipeline.training.data import load_areas
-    from pipeline.training.trainer import validate
 
     device = resolve_device(cfg.device)
     model = m2cd.load_checkpoint(checkpoint).to(device)
@@ -150,8 +150,6 @@ def incumbent_model(reg: Any) -> Incumbent:
     Before this, a first candidate was promoted unopposed: the demo's 60-step fine-tune scored
     F1 0.675 against the shipped model's 0.755 on the same held-out columns, and got promoted.
     """
-    import m2cd
-    from m2cd.pretrained import shipped_checkpoint
 
     promotion = reg.promoted()
     if promotion is not None:
@@ -194,7 +192,6 @@ def retrain(
         work_dir: where the training run is written (default a new dir under ~/.m2cd/train).
         metric: the validation metric that decides promotion (higher is better).
     """
-    from pipeline.registry import PROMOTED, Registry, beats, registry_root
 
     logger = get_run_logger()
     reg = Registry(registry_root(registry))

@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+import dask
+import torch
 from pydantic import BaseModel
 
 ADDRESS_ENV = "M2CD_DASK_ADDRESS"
@@ -29,6 +31,7 @@ class RunnerChoice(BaseModel):
     gpus: int = 0
 
     def describe(self) -> str:
+        """The choice in one line for the flow log: users see which cluster ran their blocks."""
         if self.address:
             return f"existing Dask cluster at {self.address}"
         kind = f"{self.gpus} GPU worker(s) with GPU=1" if self.gpus else "CPU worker(s)"
@@ -37,10 +40,6 @@ class RunnerChoice(BaseModel):
 
 def cuda_device_count() -> int:
     """Number of visible GPUs (0 when torch has no CUDA)."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -66,6 +65,7 @@ def task_runner(choice: RunnerChoice, api_url: str | None = None) -> Any:
     report to the same server (without it each worker would start its own ephemeral server).
     Workers of an existing cluster must be started with PREFECT_API_URL set (docs/OPERATIONS.md).
     """
+    # deferred: prefect_dask pulls distributed (+3.0 s); only runs that ask for a Dask cluster pay it
     from prefect_dask import DaskTaskRunner
 
     if choice.address:
@@ -102,7 +102,6 @@ def annotate_resources(resources: dict[str, int] | None) -> Iterator[None]:
     if not resources:
         yield
         return
-    import dask
 
     with dask.annotate(resources=resources):
         yield

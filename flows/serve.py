@@ -61,6 +61,8 @@ def is_healthy(api_url: str, timeout: float = 2) -> bool:
 
 
 def wait_healthy(api_url: str, proc: subprocess.Popen, timeout: float) -> None:
+    """Block until the API answers or the server process dies: the runner is started only once the
+    API it registers the deployments with is up; a dead server is reported at once, not at timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import timm
 import torch
+from safetensors.torch import load_file
+from timm.models import adapt_input_conv
 from torch import Tensor, nn
 
 from m2cd.config import BackboneConfig
@@ -34,8 +36,6 @@ def load_local_weights(module: nn.Module, path: str | Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pretrained weights file not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -46,7 +46,6 @@ def load_local_weights(module: nn.Module, path: str | Path) -> None:
     for key, value in list(state.items()):
         if key in own and own[key].shape != value.shape and value.ndim == 4:
             # A stem with other bands: timm's rule for adapting the first conv.
-            from timm.models import adapt_input_conv
 
             state[key] = adapt_input_conv(own[key].shape[1], value)
     head = ("head.", "fc.", "classifier.", "conv_head.")

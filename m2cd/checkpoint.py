@@ -13,8 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from m2cd.model import build_model
 
 FORMAT = "m2cd-checkpoint/1"
 WEIGHTS = "weights.safetensors"
@@ -53,7 +58,6 @@ def save_checkpoint(
     bytes for a shipped model (the MiT-b0 M²CD is 28 MB in fp32, 14 MB in fp16); loading casts
     them back into the fp32 model.
     """
-    from safetensors.torch import save_file
 
     config = getattr(model, "config", None)
     if config is None:
@@ -66,7 +70,6 @@ def save_checkpoint(
     tmp_w = path / f".{WEIGHTS}.{os.getpid()}.tmp"
     save_file(state, str(tmp_w))
     digest = _sha256(tmp_w)
-    import timm
 
     meta = {
         "format": FORMAT,
@@ -118,7 +121,6 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint's metadata once its weights are proven to be the ones it records: the one
     digest check (loads and the engine's plan-time check both use it). Also refuses a file that
     is not safetensors before anything parses it (a pickle planted under the name never loads)."""
-    from safetensors import safe_open
 
     path = Path(path)
     meta = read_checkpoint_meta(path)
@@ -147,9 +149,6 @@ def load_checkpoint(
     process (the engine at plan time): the weights are then hashed once per run, not twice.
     A distillation teacher named in the config is not attached (training does that).
     """
-    from safetensors.torch import load_file
-
-    from m2cd.model import build_model
 
     path = Path(path)
     meta = verify_checkpoint(path) if verify else read_checkpoint_meta(path)

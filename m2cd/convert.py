@@ -16,14 +16,23 @@ The O2SP stage adds no parameters, so MoE and MoE+O2SP checkpoints convert alike
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from m2cd.checkpoint import CheckpointError
+from m2cd.checkpoint import CheckpointError, save_checkpoint
+from m2cd.config import deep_merge
+from m2cd.model import build_model
+
+try:  # numpy 2 moved the pickled scalar constructor; old checkpoints name numpy.core
+    from numpy._core.multiarray import scalar
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import scalar  # type: ignore[no-redef]
 
 _LAYER = re.compile(r"^backbone\.layers\.(\d+)\.")
 _EXPERT = re.compile(r"^backbone\.ccs\.(\d+)\.experts\.(\d+)\.pointwise_conv([12])\.(weight|bias)$")
@@ -129,15 +138,10 @@ def load_official(path: str | Path) -> dict[str, Tensor]:
     ``torch.load(weights_only=True)`` only rebuilds tensors and plain containers; numpy scalars that
     mmengine stores in ``meta`` are allowed explicitly.
     """
-    import numpy as np
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
-    try:  # numpy 2 moved the pickled scalar constructor; old checkpoints name numpy.core
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
     safe: list[Any] = [np.dtype, scalar]
     safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32")]
     try:
@@ -157,9 +161,6 @@ def convert_checkpoint(
     src: str | Path, dst: str | Path, o2sp: bool = False, extra_config: dict[str, Any] | None = None
 ) -> str:
     """Convert an official checkpoint file into our checkpoint directory; returns its digest."""
-    from m2cd.checkpoint import save_checkpoint
-    from m2cd.config import deep_merge
-    from m2cd.model import build_model
 
     official = load_official(src)
     cfg = infer_config(official)
@@ -177,7 +178,6 @@ def convert_checkpoint(
             f"{src}: converted weights do not fit {cfg['backbone']['name']} "
             f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
-    import hashlib
 
     sha = hashlib.sha256(Path(src).read_bytes()).hexdigest()
     return save_checkpoint(

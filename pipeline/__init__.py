@@ -18,10 +18,12 @@ __all__ = ["RunSummary", "detect", "predict"]
 
 def __getattr__(name: str) -> Any:
     if name in ("detect", "predict"):
+        # deferred: lazy: `import pipeline` (and m2cd --help) must not load the engine and torch
         from pipeline import api
 
         return getattr(api, name)
     if name == "RunSummary":
+        # deferred: lazy, as above
         from pipeline.engine.finalize import RunSummary
 
         return RunSummary

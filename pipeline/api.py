@@ -15,6 +15,29 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import rioxarray  # noqa: F401  (registers .rio)
+import xarray as xr
+
+from m2cd.pretrained import shipped_checkpoint
+from pipeline.config import load_detect_config
+from pipeline.engine import blend
+from pipeline.engine.device import resolve_device
+from pipeline.engine.local import detect as run
+from pipeline.engine.models import describe_model, load_model
+from pipeline.engine.predict import Predictor
+from pipeline.engine.request import checkpoint_threshold, validate_request
+from pipeline.engine.tiling import TileGrid
+from pipeline.errors import ConfigError, InputError
+from pipeline.geometry import PixelBox
+from pipeline.io.band_names import pick_by_name, trained_band_names
+from pipeline.io.bands import model_channels, reader_default, select_bands
+from pipeline.io.normalize import (
+    infer_sar_units,
+    match_channels,
+    normalize_optical,
+    normalize_sar,
+    valid_mask,
+)
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -57,10 +80,6 @@ def detect(
     `threshold`, `tta`); `overrides` are dotted config keys (`{"sar.units": "db"}`). Returns the run
     summary (`OUT/run.json`'s `summary`). Errors are the CLI's: InputError, ConfigError, ...
     """
-    from pipeline.config import load_detect_config
-    from pipeline.engine.local import detect as run
-    from pipeline.engine.request import validate_request
-    from pipeline.errors import ConfigError
 
     unknown = sorted(set(options) - set(FLAG_KEYS))
     if unknown:
@@ -100,8 +119,6 @@ def _bands(
 ) -> list[int]:
     """1-based bands to use: explicit, else by name (as the engine picks them), else the reader's
     default for the model (pipeline.io.bands)."""
-    from pipeline.io.band_names import pick_by_name
-    from pipeline.io.bands import reader_default, select_bands
 
     count = arr.sizes["band"]
     if wanted is None and names:
@@ -128,28 +145,6 @@ def predict(
     threshold the checkpoint fitted (`attrs["threshold"]`; `prob >= threshold` is the change mask).
     SAR on another grid must be put on the optical one first: `sar.rio.reproject_match(optical)`.
     """
-    import rioxarray  # noqa: F401  (registers .rio)
-    import xarray as xr
-
-    from m2cd.pretrained import shipped_checkpoint
-    from pipeline.config import load_detect_config
-    from pipeline.engine import blend
-    from pipeline.engine.device import resolve_device
-    from pipeline.engine.models import describe_model, load_model
-    from pipeline.engine.predict import Predictor
-    from pipeline.engine.request import checkpoint_threshold
-    from pipeline.engine.tiling import TileGrid
-    from pipeline.errors import InputError
-    from pipeline.geometry import PixelBox
-    from pipeline.io.band_names import trained_band_names
-    from pipeline.io.bands import model_channels
-    from pipeline.io.normalize import (
-        infer_sar_units,
-        match_channels,
-        normalize_optical,
-        normalize_sar,
-        valid_mask,
-    )
 
     for name, arr in (("optical", optical), ("sar", sar)):
         if not isinstance(arr, xr.DataArray) or arr.dims != ("band", "y", "x"):

@@ -37,6 +37,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from m2cd.config import ConfigSection
+from pipeline import catalog_sources as cs
+from pipeline.catalog_sources import item_time, keep, parse_window
 from pipeline.config import CONFIG_DIR, format_validation_error
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import storage
@@ -131,10 +133,15 @@ class Pair(BaseModel):
 
     @property
     def gap_days(self) -> float:
+        """Days from optical to SAR acquisition: pairing keeps it within `max_days_before` (30 by
+        default), since older optical scenes show more change that is not the event."""
         return (self.sar.datetime - self.optical.datetime).total_seconds() / 86400
 
 
 class Catalog(BaseModel):
+    """The scenes a discovery found, and the files it skipped with why (so a user sees what was left
+    out)."""
+
     scenes: list[SceneRef]
     skipped: list[str] = []
 
@@ -225,7 +232,6 @@ def scenes_from_items(
     items: list[dict[str, Any]], source: SourceConfig, aoi: Any, where: str
 ) -> Catalog:
     """SceneRefs of the Items that pass the source's filters (`catalog_sources.keep`)."""
-    from pipeline.catalog_sources import item_time, keep, parse_window
 
     try:
         window = parse_window(source.datetime)
@@ -266,7 +272,6 @@ def list_stac(
 
 def discover(region: RegionConfig) -> Catalog:
     """The region's scenes, whatever the source kind."""
-    from pipeline import catalog_sources as cs
 
     src = region.source
     if src.kind == "prefix":

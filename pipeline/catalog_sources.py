@@ -36,6 +36,7 @@ def parse_window(text: str | None) -> tuple[datetime | None, datetime | None]:
 
 
 def item_time(item: dict[str, Any]) -> datetime | None:
+    """An Item's acquisition time (`datetime`, else `start_datetime`): the date pairs are matched on."""
     props = item.get("properties") or {}
     text = props.get("datetime") or props.get("start_datetime")
     if isinstance(text, datetime):
@@ -87,6 +88,7 @@ def search_api(
     max_items: int,
 ) -> list[dict[str, Any]]:
     """Items of a STAC API search (pystac-client), each with `href` = its own URL."""
+    # deferred: pystac-client only for stac-api sources (static and GeoParquet regions run without it)
     from pystac_client import Client
     from pystac_client.exceptions import APIError
 
@@ -109,6 +111,7 @@ def search_api(
             clauses.append({"op": "=", "args": [{"property": "sat:orbit_state"}, orbit_state]})
         # a cloud filter would drop SAR items (no eo:cloud_cover): only an orbit-only filter or
         # none goes to the server; both are applied per role by `keep` anyway
+        # deferred: as above: only a STAC API search needs it
         from pystac_client.conformance import ConformanceClasses
 
         if clauses and max_cloud is None and client.conforms_to(ConformanceClasses.FILTER):
@@ -127,6 +130,7 @@ def search_api(
 
 def read_static(uri: str) -> list[dict[str, Any]]:
     """Every Item of a static catalog or collection (crawled from `catalog.json`)."""
+    # deferred: pystac only for static-catalog sources
     import pystac
 
     try:
@@ -151,6 +155,7 @@ def read_static(uri: str) -> list[dict[str, Any]]:
 def read_geoparquet(uri: str) -> list[dict[str, Any]]:
     """Items of a STAC-GeoParquet file (stac-geoparquet's layout: one row per Item, properties as
     top-level columns, `assets` a struct, `bbox` a struct or list), read with pyarrow."""
+    # deferred: pyarrow only for STAC-GeoParquet sources
     import pyarrow.parquet as pq
 
     try:

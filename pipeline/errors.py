@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pipeline.io.remote import redact_text  # signed URLs and env credentials never shown
+
 
 class M2CDError(Exception):
     """Base for expected failures: the CLI prints the message without a traceback."""
@@ -11,7 +13,6 @@ class InputError(M2CDError):
     """A bad input: missing, unreadable, wrong shape or bands, grids that do not overlap."""
 
     def __init__(self, source: str, problem: str):
-        from pipeline.io.remote import redact_text  # signed URLs and env credentials never shown
 
         self.source = redact_text(source)
         self.problem = redact_text(problem)

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from m2cd import checkpoint_digest
 from pipeline.errors import InputError
 from pipeline.io import storage
 
@@ -94,7 +95,6 @@ class Registry:
         Files are published one by one with checkpoint.json last, so a present checkpoint.json means
         a complete copy (S3 has no atomic directory rename).
         """
-        from m2cd import checkpoint_digest
 
         src = Path(checkpoint)
         if not (src / "checkpoint.json").is_file():

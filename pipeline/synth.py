@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import rasterio
+from affine import Affine
 from pydantic import BaseModel, ConfigDict, Field
+from rasterio.crs import CRS
+from rasterio.windows import Window
 
 from pipeline.errors import ConfigError, OutputExistsError
 
@@ -66,6 +70,9 @@ class SynthSpec(BaseModel):
 
 @dataclass(frozen=True)
 class SynthResult:
+    """Paths of a written synthetic pair and label, with the change fraction drawn (tests and
+    benches assert on it)."""
+
     optical: Path
     sar: Path
     label: Path
@@ -215,8 +222,6 @@ def _render(spec: SynthSpec, r0: int, r1: int, c0: int, c1: int, t: _Thresholds,
 
 
 def _grid(spec: SynthSpec):
-    from affine import Affine
-    from rasterio.crs import CRS
 
     try:
         crs = CRS.from_user_input(spec.crs)
@@ -265,8 +270,6 @@ def synth_pair(
         spec = SynthSpec(**fields)
     elif fields:
         spec = spec.model_copy(update=fields)
-    import rasterio
-    from rasterio.windows import Window
 
     start = time.perf_counter()
     out = Path(out_dir)

@@ -10,23 +10,25 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+
+from pipeline.bench.machine import machine_info
+from pipeline.config import load_detect_config
+from pipeline.engine.local import detect
+from pipeline.engine.request import DetectRequest
+from pipeline.synth import synth_pair
 
 ACCUMULATOR_BYTES_PER_PX = 4 + 4 + 4  # float32 Σw·p, Σw, probability
 
 
 def _child(args: dict[str, Any]) -> dict[str, Any]:
     """Runs in the subprocess: one detect, then this process's peak RSS."""
-    import resource
-    import time
-
-    from pipeline.config import load_detect_config
-    from pipeline.engine.local import detect
-    from pipeline.engine.request import DetectRequest
 
     cfg = load_detect_config("default", args["overrides"])
     start = time.perf_counter()
@@ -59,7 +61,6 @@ def _inputs(size: int, root: Path, cache_dir: str | None) -> tuple[Path, Path]:
     not depend on it being fresh. `synth.json` is written last, so its presence marks a pair
     that was written completely (a killed run leaves none and is re-synthesised).
     """
-    from pipeline.synth import synth_pair
 
     scene = (Path(cache_dir) if cache_dir else root) / f"synth-{size}-seed{SEED}"
     if not (scene / "synth.json").is_file():
@@ -102,6 +103,8 @@ def run(
     workdir: str | None = None,
     cache_dir: str | None = None,
 ) -> dict[str, Any]:
+    """Detect the same synthetic scene at two sizes, each in a fresh process, and report both peak
+    RSS values and their ratio."""
     overrides = {
         "tiling.tile": tile,
         "tiling.overlap": overlap,
@@ -109,7 +112,6 @@ def run(
         "inference.batch_size": batch_size,
         "inference.device": device,
     }
-    from pipeline.bench.machine import machine_info
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="m2cd-bench-mem-", dir=workdir) as tmp:
@@ -138,6 +140,7 @@ def run(
 
 
 def format_table(r: dict[str, Any]) -> str:
+    """The figures as BENCHMARKS.md quotes them."""
     s, lg = r["small"], r["large"]
     return (
         f"memory bench: {r['model']} on {r['device']}, tile {r['tile']}, overlap {r['overlap']}, "

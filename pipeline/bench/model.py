@@ -17,6 +17,7 @@ like with like even on a loaded machine. Times are medians over ``repeats`` afte
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+import m2cd
+from m2cd.model import reference_order
 from pipeline.bench.machine import machine_info
 from pipeline.engine.device import cpu_has_native_bf16
 
@@ -77,7 +80,6 @@ def count_flops(model: torch.nn.Module, optical: torch.Tensor, sar: torch.Tensor
     Also returns the largest |difference| between the two orders' logits: they must compute the
     same function, otherwise the model-FLOP count would describe another model.
     """
-    from m2cd.model import reference_order
 
     executed = _flops(model, optical, sar)
     with reference_order(model):
@@ -98,7 +100,6 @@ def run(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Benchmark one named model config; returns a JSON-serialisable dict of the figures."""
-    import m2cd
 
     dev = torch.device(device)
     model = m2cd.build_model(model_name).eval().to(dev)
@@ -176,7 +177,6 @@ def _cpu_capability() -> str:
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    import platform
 
     return f"cpu ({platform.processor() or platform.machine()})"
 

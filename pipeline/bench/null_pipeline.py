@@ -22,6 +22,23 @@ from typing import Any
 
 import numpy as np
 import torch
+import zarr
+
+from pipeline.bench.machine import machine_info
+from pipeline.bench.null_model import install_null_model
+from pipeline.config import load_detect_config
+from pipeline.engine.block import BlockResult, run_block
+from pipeline.engine.device import resolve_device
+from pipeline.engine.finalize import finalize_run
+from pipeline.engine.local import run_pool
+from pipeline.engine.pair import pair_for
+from pipeline.engine.plan import STORE, RunPlan, plan_run
+from pipeline.engine.request import DetectRequest
+from pipeline.engine.stage_times import recording, stage
+from pipeline.geometry import PixelBox
+from pipeline.io import storage
+from pipeline.products.zarr_store import MASK, PROBABILITY, VALID, write_region
+from pipeline.synth import synth_pair
 
 
 def _median(values: list[float]) -> float:
@@ -45,23 +62,6 @@ def run(
     workdir: str | None = None,
 ) -> dict[str, Any]:
     """Synthesise a size² pair; per repeat: I/O limit, engine, engine at 1 and at 2 threads."""
-    import zarr
-
-    from pipeline.bench.machine import machine_info
-    from pipeline.bench.null_model import install_null_model
-    from pipeline.config import load_detect_config
-    from pipeline.engine.block import BlockResult, run_block
-    from pipeline.engine.device import resolve_device
-    from pipeline.engine.finalize import finalize_run
-    from pipeline.engine.local import run_pool
-    from pipeline.engine.pair import pair_for
-    from pipeline.engine.plan import STORE, RunPlan, plan_run
-    from pipeline.engine.request import DetectRequest
-    from pipeline.engine.stage_times import recording, stage
-    from pipeline.geometry import PixelBox
-    from pipeline.io import storage
-    from pipeline.products.zarr_store import MASK, PROBABILITY, VALID, write_region
-    from pipeline.synth import synth_pair
 
     dev = resolve_device(device)
     mpx = size * size / 1e6
@@ -223,6 +223,7 @@ def run(
 
 
 def format_table(r: dict[str, Any]) -> str:
+    """One line per figure for a terminal; `--json` prints the same result for scripts."""
     split = ", ".join(f"{k} {v:.0%}" for k, v in r["split_fraction"].items() if v >= 0.005)
     return (
         f"pipeline bench, null model ({r['bands_of']} bands) on {r['device']}, "

@@ -19,11 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+from pipeline.bench.machine import machine_info
+from pipeline.config import load_detect_config
+from pipeline.engine.device import resolve_device
+from pipeline.engine.local import detect
+from pipeline.engine.models import load_model
+from pipeline.engine.pair import pair_reader
+from pipeline.engine.plan import plan_run
+from pipeline.engine.predict import Predictor
+from pipeline.engine.request import DetectRequest
+from pipeline.synth import synth_pair
 
 
 def _tiles_in_memory(plan: Any, model: Any) -> tuple[np.ndarray, np.ndarray]:
     """Every tile of the scene, normalised, as the engine would feed them (row-major)."""
-    from pipeline.engine.pair import pair_reader
 
     bands = getattr(getattr(model, "config", None), "bands", None)
     read = pair_reader(
@@ -44,8 +55,6 @@ def _forward_seconds(predictor: Any, optical: np.ndarray, sar: np.ndarray, batch
     for k in range(0, len(optical), batch):
         predictor(optical[k : k + batch], sar[k : k + batch])
     if predictor.device.type == "cuda":
-        import torch
-
         torch.cuda.synchronize(predictor.device)
     return time.perf_counter() - start
 
@@ -62,15 +71,6 @@ def run(
     workdir: str | None = None,
 ) -> dict[str, Any]:
     """Synthesise a size² pair, then time forward-only and end-to-end detect `repeats` times each."""
-    from pipeline.bench.machine import machine_info
-    from pipeline.config import load_detect_config
-    from pipeline.engine.device import resolve_device
-    from pipeline.engine.local import detect
-    from pipeline.engine.models import load_model
-    from pipeline.engine.plan import plan_run
-    from pipeline.engine.predict import Predictor
-    from pipeline.engine.request import DetectRequest
-    from pipeline.synth import synth_pair
 
     with tempfile.TemporaryDirectory(prefix="m2cd-bench-", dir=workdir) as tmp:
         root = Path(tmp)
@@ -144,6 +144,7 @@ def run(
 
 
 def format_table(r: dict[str, Any]) -> str:
+    """The figures as BENCHMARKS.md quotes them."""
     return (
         f"pipeline bench: {r['model']} on {r['device']} ({r['precision']}), "
         f"{r['scene'][0]}×{r['scene'][1]} px, {r['tiles']} tiles of {r['tile']} "

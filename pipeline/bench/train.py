@@ -22,6 +22,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import m2cd
+from pipeline.bench.machine import machine_info
+from pipeline.engine.device import autocast_dtype, cpu_has_native_bf16, resolve_device
+
 
 def _median(fn, device: torch.device, repeats: int, warmup: int) -> float:
     for _ in range(warmup):
@@ -49,9 +53,6 @@ def run(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Median seconds of one training step and of one eval forward of the same batch."""
-    import m2cd
-    from pipeline.bench.machine import machine_info
-    from pipeline.engine.device import autocast_dtype, cpu_has_native_bf16, resolve_device
 
     dev = resolve_device(device)
     amp = autocast_dtype(dev, precision)

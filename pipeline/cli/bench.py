@@ -6,6 +6,8 @@ import json
 
 import typer
 
+from pipeline.errors import ConfigError
+
 
 def bench_model(
     model: str = typer.Option("m2cd_mit_b1", "--model", help="Named config in configs/model/."),
@@ -17,11 +19,11 @@ def bench_model(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Eval-forward throughput (pairs/s) and GFLOP/s in fp32 and bf16 autocast vs the matmul peak."""
+    # deferred: torch (+2.7 s measured over what m2cd --help loads) is not loaded by --help
     import torch
 
     import m2cd
     from pipeline.bench.model import format_table, run
-    from pipeline.errors import ConfigError
 
     if model not in m2cd.available_configs():
         raise ConfigError(
@@ -59,6 +61,7 @@ def bench_pipeline(
 ) -> None:
     """End-to-end detect tiles/s ÷ in-memory batched forward tiles/s (same tiles and model)."""
     if null_model:
+        # deferred: the null-model bench imports torch (+2.7 s), which m2cd --help must not
         from pipeline.bench import null_pipeline
 
         result = null_pipeline.run(
@@ -73,6 +76,7 @@ def bench_pipeline(
         )
         typer.echo(json.dumps(result) if as_json else null_pipeline.format_table(result))
         return
+    # deferred: torch (+2.7 s measured over what m2cd --help loads) is not loaded by --help
     from pipeline.bench.pipeline import format_table, run
 
     result = run(model, size or 2048, tile, overlap, block, batch_size, device, repeats or 1)
@@ -80,6 +84,7 @@ def bench_pipeline(
 
 
 def _cuda() -> bool:
+    # deferred: torch (+2.7 s) stays out of m2cd --help
     import torch
 
     return torch.cuda.is_available()
@@ -100,6 +105,7 @@ def bench_memory(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Peak RSS of the large scene ÷ the small one, each detect in a fresh subprocess."""
+    # deferred: torch (+2.7 s measured over what m2cd --help loads) is not loaded by --help
     from pipeline.bench.memory import format_table, run
 
     result = run(small, large, model, tile, overlap, block, batch_size, device, None, cache_dir)
@@ -117,6 +123,7 @@ def bench_train(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Training pairs/s (forward + backward + step) beside eval pairs/s, in the same run."""
+    # deferred: torch (+2.7 s measured over what m2cd --help loads) is not loaded by --help
     from pipeline.bench.train import format_table, run
 
     overrides = {"o2sp.enabled": True} if o2sp else None

@@ -21,6 +21,7 @@ def clean_command(
     ] = None,
 ) -> None:
     """List the staging runs of OUT (unfinished or interrupted runs); remove them with --yes."""
+    # deferred: CLI command: the engine and storage stay out of m2cd --help
     from pipeline.engine.staging import DAY_S, list_staging
     from pipeline.io import storage
     from pipeline.io.lease import writer_lease

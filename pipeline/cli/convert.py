@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from pipeline.errors import InputError, OutputExistsError
+
 
 def convert_checkpoint(
     source: Path = typer.Argument(..., help="Official .pth (MiT-b0/b1; none, MoE or MoE+O2SP)."),
@@ -14,9 +16,9 @@ def convert_checkpoint(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing checkpoint."),
 ) -> None:
     """Convert weights loaded without unpickling objects (torch.load weights_only=True)."""
+    # deferred: m2cd imports torch (+2.7 s); m2cd --help must not
     from m2cd.checkpoint import CheckpointError
     from m2cd.convert import convert_checkpoint as convert
-    from pipeline.errors import InputError, OutputExistsError
 
     if (output / "checkpoint.json").exists() and not overwrite:
         raise OutputExistsError(f"{output}: a checkpoint exists; pass --overwrite to replace it")

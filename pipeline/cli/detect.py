@@ -80,7 +80,7 @@ def detect_command(
     ] = False,
 ) -> None:
     """Detect change between OPTICAL (pre-event) and SAR (post-event); products go to OUT."""
-    # inside the command: pipeline.config imports m2cd, which imports torch (~5 s of `m2cd --help`)
+    # deferred: pipeline.config imports m2cd, hence torch (+2.7 s); m2cd --help must not
     from pipeline.config import load_detect_config, parse_overrides
     from pipeline.engine.local import detect
     from pipeline.engine.request import validate_request

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
+
+from pipeline.errors import ConfigError
 
 
 def evaluate_command(
@@ -32,9 +35,8 @@ def evaluate_command(
     With --prob instead of --pred: the threshold (0.05 … 0.95) with the best change F1, its
     metrics and F1 per threshold; pass it to `m2cd detect --threshold`.
     """
-    import json
 
-    from pipeline.errors import ConfigError
+    # deferred: pipeline.training pulls torch (+2.7 s); m2cd --help must not
     from pipeline.training.config import parse_window
     from pipeline.training.evaluate import evaluate_files, fit_threshold_files
 

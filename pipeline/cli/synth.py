@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from pipeline.errors import ConfigError
+
 
 def synth_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
@@ -27,10 +29,10 @@ def synth_command(
     overwrite: Annotated[bool, typer.Option(help="Replace existing files in OUT.")] = False,
 ) -> None:
     """Write OUT/optical.tif (uint16 B,G,R,NIR), OUT/sar.tif (σ⁰ linear), OUT/label.tif (0/1)."""
+    # deferred: pydantic + pipeline.config (m2cd, hence torch: +2.7 s) stay out of m2cd --help
     from pydantic import ValidationError
 
     from pipeline.config import format_validation_error
-    from pipeline.errors import ConfigError
     from pipeline.synth import SynthSpec, synth_pair
 
     try:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from pipeline.errors import ConfigError
 
 
 def held_out_windows(label: str, windows: list[str], optical: str) -> tuple[list[str], list[str]]:
@@ -81,13 +84,11 @@ def train_command(
     ] = None,
 ) -> None:
     """Train; writes OUT/best and OUT/last (each loadable by `m2cd detect --checkpoint`)."""
-    import json
 
-    # inside the command: these import torch (~5 s that `m2cd --help` does not need)
+    # deferred: pydantic + pipeline.config (m2cd, hence torch: +2.7 s) stay out of m2cd --help
     from pydantic import ValidationError
 
     from pipeline.config import format_validation_error, parse_overrides
-    from pipeline.errors import ConfigError
     from pipeline.training.config import load_train_config
     from pipeline.training.trainer import train
 

@@ -19,6 +19,7 @@ def view_command(
     ] = 2048,
 ) -> None:
     """Serve a map of OUT: optical scene, change layer (opacity), polygons with areas, figures."""
+    # deferred: the viewer pulls rasterio, pyogrio and PIL (~1.2 s); m2cd --help must not
     from pipeline.viewer.server import serve
 
     serve(out, host, port, max_size)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
+from safetensors.torch import save
 from torch import nn
 
 import m2cd
@@ -50,7 +51,6 @@ def state_digest(model: nn.Module) -> str:
     """SHA-256 of the weights serialised exactly as `m2cd.save_checkpoint` writes them (safetensors,
     fp32, no metadata): a named model and the same weights saved as a checkpoint carry one digest,
     so their products (the COGs' M2CD_MODEL_DIGEST tag included) are byte-identical."""
-    from safetensors.torch import save
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     return "sha256:" + hashlib.sha256(save(state)).hexdigest()

@@ -26,9 +26,9 @@ from pipeline.io.bands import (
     resolve_bands,
     trained_band_counts,
 )
-from pipeline.io.grid import AlignedPair, align_pair
+from pipeline.io.grid import AlignedPair, WarpedScene, align_pair
 from pipeline.io.normalize import match_channels, normalize_optical, normalize_sar, valid_mask
-from pipeline.io.scene import open_scene
+from pipeline.io.scene import open_scene, with_bands
 
 if TYPE_CHECKING:  # plan imports this module
     from pipeline.engine.plan import RunPlan
@@ -53,8 +53,9 @@ def open_pair(optical: str, sar: str, cfg: DetectConfig, check: bool = True) -> 
 def for_model(
     cfg: DetectConfig, pair: AlignedPair, ref: ModelRef
 ) -> tuple[DetectConfig, AlignedPair]:
-    """The config with the bands the model takes (`pipeline.io.bands`) and the pair opened with
-    them: the same pair when the bands did not change, else reopened once."""
+    """The config with the bands the model takes (`pipeline.io.bands`) and the pair reading them:
+    the same pair when the bands did not change, else its scenes re-banded and re-aligned without
+    opening either file again (the pair is opened once per process per run)."""
     opt_ch, sar_ch = model_channels(ref.checkpoint, ref.name)
     named = bands_by_name(cfg, pair, trained_band_names(ref.checkpoint))
     resolved = resolve_bands(
@@ -72,7 +73,10 @@ def for_model(
     )
     if resolved is cfg:
         return cfg, pair
-    return resolved, open_pair(pair.optical.uri, pair.sar.uri, resolved)
+    sar = pair.sar.source if isinstance(pair.sar, WarpedScene) else pair.sar
+    return resolved, align_pair(
+        with_bands(pair.optical, resolved), with_bands(sar, resolved), resolved
+    )
 
 
 def bands_by_name(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.config import DetectConfig
 from pipeline.engine import pair as pairs
+from pipeline.engine.device import cpu_has_native_bf16, resolve_device
 from pipeline.engine.models import ModelRef, describe_model
 from pipeline.engine.output_grid import GridSpec, crs_label
 from pipeline.engine.request import DetectRequest
@@ -133,9 +135,6 @@ def warn_costs(cfg: DetectConfig, tiles: int, tile_runs: int) -> None:
     - fp16 (or emulated bf16) on a CPU: no native kernels, ~10× slower than fp32 (measured with
       `m2cd bench model` on the AVX2 dev CPU).
     """
-    import warnings
-
-    from pipeline.engine.device import cpu_has_native_bf16, resolve_device
 
     t = cfg.tiling
     if t.block < t.tile:
@@ -186,6 +185,7 @@ def require_s3_credentials(uris: list[str]) -> None:
     remote = [u for u in uris if storage.is_remote(u)]
     if not remote:
         return
+    # deferred: botocore only when an s3:// URI is given
     import botocore.session
 
     if botocore.session.get_session().get_credentials() is None:

@@ -27,11 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from m2cd.config import ModelConfig, load_model_config
 from m2cd.moe import MoE
 from pipeline.engine.predict import Predictor
 from pipeline.engine.tiling import TileGrid
 from pipeline.errors import ConfigError
 from pipeline.geometry import PixelBox
+from pipeline.io import storage
 from pipeline.products.diagnostics import NODATA, write_block_maps
 
 
@@ -159,8 +161,6 @@ class RoutingRecorder:
 def require_moe(checkpoint: str | None, name: str | None) -> None:
     """Refuse diagnostics for a model without MoE stages at plan time, before anything is written
     (its config read from checkpoint.json or the named config; no weights are loaded)."""
-    from m2cd.config import ModelConfig, load_model_config
-    from pipeline.io import storage
 
     if checkpoint is not None:
         meta = storage.read_json(checkpoint.rstrip("/") + "/checkpoint.json")

@@ -13,6 +13,10 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import safe_open
+
+from m2cd.model import build_model
 from pipeline.errors import InputError
 from pipeline.io import storage
 
@@ -20,16 +24,12 @@ WEIGHTS = "weights.safetensors"
 
 
 def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
 
 
 def _model_shapes(model_cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    import torch
-
-    from m2cd.model import build_model
 
     cfg = copy.deepcopy(model_cfg)
     if isinstance(cfg.get("backbone"), dict):

@@ -14,6 +14,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pipeline.errors import InputError
+from pipeline.io import storage
+
 # Sentinel-2 MSI band → STAC eo common name (the STAC EO extension's table).
 SENTINEL2 = {
     "B01": "coastal",
@@ -80,8 +83,6 @@ def trained_band_names(checkpoint: str | None) -> tuple[list[str] | None, list[s
     """(optical, SAR) band names a checkpoint's provenance records, None where it records none."""
     if checkpoint is None:
         return None, None
-    from pipeline.errors import InputError
-    from pipeline.io import storage
 
     try:
         meta = storage.read_json(checkpoint.rstrip("/") + "/checkpoint.json")

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+from m2cd.config import ModelConfig, load_model_config
 from pipeline.config import DetectConfig
 from pipeline.errors import InputError
+from pipeline.io import storage
 
 Role = Literal["optical", "sar"]
 
@@ -99,11 +101,8 @@ def resolve_bands(
 def model_channels(checkpoint: str | None = None, name: str | None = None) -> tuple[int, int]:
     """(optical_channels, sar_channels) of a checkpoint (local or s3://) or a named model config,
     read from its JSON config without loading weights."""
-    from m2cd.config import ModelConfig, load_model_config
 
     if checkpoint is not None:
-        from pipeline.io import storage
-
         meta_uri = checkpoint.rstrip("/") + "/checkpoint.json"
         try:
             meta = storage.read_json(meta_uri)
@@ -121,7 +120,6 @@ def trained_band_counts(checkpoint: str | None) -> tuple[int | None, int | None]
     None where it does not record them (older checkpoints, named untrained models)."""
     if checkpoint is None:
         return None, None
-    from pipeline.io import storage
 
     try:
         meta = storage.read_json(checkpoint.rstrip("/") + "/checkpoint.json")

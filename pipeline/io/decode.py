@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.errors import InputError
+
 REFLECTANCE_P99_MAX = 1.5
 FLOAT_DN_SCALE = 10000.0  # the Sentinel-2 / Landsat convention for DN per unit reflectance
 FLOAT_DN_MAX = 65535.0  # above the uint16 range a float optical file is no DN we know
@@ -48,6 +50,7 @@ class Decoding:
         return self.complex_mode is not None or self.scales is not None or self.divide is not None
 
     def decoded_dtype(self, file_dtype: str) -> str:
+        """What the normalisation sees: float32 once a rule computes values (complex, scale, DN division)."""
         return "float32" if self.to_float else file_dtype
 
     def decoded_nodata(self, nodata: float | None) -> float | None:
@@ -87,7 +90,6 @@ def float_optical_divisor(sample: np.ndarray, uri: str) -> tuple[float | None, s
     """(divisor, rule) for a float optical file with `optical.scale: auto`, from valid samples.
 
     Raises InputError when the values fit neither reflectance nor DN (see module docstring)."""
-    from pipeline.errors import InputError
 
     values = sample[np.isfinite(sample)]
     if values.size == 0:

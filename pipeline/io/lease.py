@@ -165,6 +165,7 @@ def _s3_put(uri: str, body: bytes, if_match: str | None = None) -> str:
 
 def _s3_holder(uri: str) -> tuple[str, dict[str, Any]] | None:
     """The current lease object's ETag and content, or None when there is none."""
+    # deferred: fsspec's async loop only for S3 leases
     import fsspec.asyn
 
     try:

@@ -20,6 +20,7 @@ import os
 import re
 
 from pipeline.errors import InputError
+from pipeline.io import storage
 
 OUTPUT_ROOT_ENV = "M2CD_OUTPUT_ROOT"
 MAX_NAME = 128
@@ -132,7 +133,6 @@ def resolve_output(prefix: str, root: str | None = None) -> str:
 
 def child(prefix: str, *names: str, what: str = "name") -> str:
     """`prefix/name/...` with every name checked as one safe component (region, pair, scene ids)."""
-    from pipeline.io import storage
 
     return storage.join(prefix, *(check_name(n, what) for n in names))
 
@@ -150,7 +150,6 @@ def require_bucket(prefix: str) -> None:
     """
     if "://" not in prefix:
         return
-    from pipeline.io import storage
 
     _, bucket, _ = _split_remote(prefix)
     try:

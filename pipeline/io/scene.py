@@ -8,6 +8,7 @@ products then carry no CRS.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import warnings
@@ -32,7 +33,14 @@ from pipeline.io.normalize import (
     normalize_optical,
     normalize_sar,
 )
-from pipeline.io.sources import acquired_from_tags, check_supported, resolve_input, split_list
+from pipeline.io.sources import (
+    acquired_from_tags,
+    band_label,
+    check_supported,
+    resolve_input,
+    split_list,
+)
+from pipeline.io.vrt import BandSource, stack_xml
 
 Role = Literal["optical", "sar"]
 _TARGET_CHUNK = 1024  # dask chunks: whole multiples of the file's blocks, about this many pixels
@@ -194,6 +202,7 @@ class _WindowArray:
 
 def lazy_dataarray(scene: Any, chunk: tuple[int, int]):
     """A lazy xarray DataArray band×y×x whose chunks are `scene.read_window` calls."""
+    # deferred: dask.array + xarray + rioxarray add ~4 s to every importer of the engine; only Scene.data needs them
     import dask.array as da
     import rioxarray  # noqa: F401  (registers .rio)
     import xarray as xr
@@ -346,6 +355,29 @@ def open_scene(
     return scene
 
 
+def with_bands(scene: Scene, cfg: DetectConfig) -> Scene:
+    """The opened scene reading the bands ``cfg`` selects, without opening the file again.
+
+    A model whose channels differ from the defaults changes the bands after the header was read;
+    reopening both files for that cost a second header read each and, for SAR in ``auto`` units,
+    five more sampled windows from a fresh dataset. SAR units are sampled again (through the dataset
+    already open in this thread) only when the bands changed, since they are measured on them. A
+    file whose decoding depends on its bands (scale/offset tags, mask bands, complex values) is
+    opened again, so those rules are decided for the new bands.
+    """
+    bands = _select_bands(scene.uri, scene.role, scene.count, cfg)
+    if bands == scene.bands:
+        return scene
+    dec = scene.decoding
+    if dec.scales is not None or dec.mask is not None or dec.complex_mode is not None:
+        return open_scene(scene.uri, scene.role, cfg)
+    out = dataclasses.replace(scene, bands=bands, units=None, _data=None)
+    out.datasets = scene.datasets  # same file: this thread's open dataset serves the new bands
+    if out.role == "sar":
+        _decide_from_sample(out, cfg)
+    return out
+
+
 def _dtype_name(dtype: str) -> str:
     """numpy's name of a GDAL data type (complex_int16 is read as complex64)."""
     return "complex64" if dtype == "complex_int16" else np.dtype(dtype).name
@@ -485,8 +517,6 @@ def stack_bands(uris: list[str], out: str | os.PathLike[str]) -> str:
     `out` may be local or `s3://`; sources are referenced by absolute path or /vsi… path, so the
     VRT can be opened from anywhere those sources can. Returns `out` as a string.
     """
-    from pipeline.io.sources import band_label
-    from pipeline.io.vrt import BandSource, stack_xml
 
     if not uris:
         raise InputError(str(out), "stack_bands needs at least one source raster")

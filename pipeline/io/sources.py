@@ -86,6 +86,7 @@ def acquired_from_tags(tags: dict[str, str]) -> datetime | None:
 
 
 def check_supported(uri: str) -> None:
+    """Refuse an unknown scheme in one line before GDAL reports it as a missing file."""
     if not remote.supported(uri):
         raise InputError(
             remote.redact_uri(uri),
@@ -152,6 +153,7 @@ def _file_fingerprint(uri: str) -> dict[str, Any]:
 
 
 def _http_info(uri: str) -> dict[str, Any]:
+    # deferred: fsspec only for remote STAC Items and HTTP inputs
     import fsspec
 
     return fsspec.filesystem("http").info(uri)

@@ -45,6 +45,7 @@ def read_document(spec: str) -> Any:
     shown = remote.redact_uri(spec)
     try:
         if remote.is_url(spec):
+            # deferred: fsspec only for a remote STAC Item
             import fsspec
 
             with fsspec.open(spec, "rb") as f:

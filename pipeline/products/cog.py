@@ -132,6 +132,8 @@ class TiledWriter:
         return self
 
     def write(self, row_off: int, col_off: int, data: np.ndarray) -> None:
+        """Write one block of band 1 at its scene offset: blocks arrive one at a time, so a whole-
+        scene array is never held."""
         assert self._ds is not None, "use TiledWriter as a context manager"
         window = Window(col_off, row_off, data.shape[1], data.shape[0])
         self._ds.write(data.astype(self._dtype, copy=False), 1, window=window)

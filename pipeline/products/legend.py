@@ -25,6 +25,8 @@ _BAR_FRACTION = 0.25  # the bar is at most a quarter of the map's width
 
 @dataclass(frozen=True)
 class Legend:
+    """What the quicklook legend needs to draw a scale bar and dates, decided once per run."""
+
     metres_per_px: float | None  # ground size of one preview pixel; None without CRS
     map_width: int  # preview pixels of one map (the bar is scaled to it)
     pre: str | None  # acquisition dates, when known
@@ -32,6 +34,8 @@ class Legend:
 
     @classmethod
     def for_run(cls, meta: ProductMetadata, out_shape: tuple[int, int]) -> Legend:
+        """The legend of a run's preview: the scale bar is measured in preview pixels, hence the
+        scene-to-preview factor."""
         factor = meta.shape[1] / out_shape[1]  # scene pixels per preview pixel (aspect kept)
         px = scene_pixel_metres(meta)
         return cls(

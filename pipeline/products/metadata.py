@@ -92,6 +92,8 @@ class ProductMetadata(BaseModel):
 
     @property
     def affine(self) -> Affine:
+        """The grid's transform as an Affine, rebuilt from the six JSON-safe coefficients the
+        metadata carries."""
         return Affine(*self.transform)
 
     def to_crs(self, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

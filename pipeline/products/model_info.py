@@ -11,12 +11,18 @@ MiT-b0, most of it building the modules).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+import m2cd
+from m2cd.config import CONFIG_DIR, ModelConfig
 from pipeline.config import DetectConfig, OpticalConfig, SarConfig
+from pipeline.io import storage
+from pipeline.products.metadata import redact_uri  # metadata imports this module
 
 WEIGHTS_FILE = "weights.safetensors"  # m2cd.checkpoint.WEIGHTS (no torch import for a constant)
 
@@ -93,8 +99,6 @@ def model_info(
     `checkpoint_meta` is the parsed checkpoint.json when the caller already has it; otherwise it
     is read here (a JSON file: the weights are not opened).
     """
-    import m2cd
-    from m2cd.config import ModelConfig
 
     threshold = config.products.threshold
     if checkpoint is not None:
@@ -174,9 +178,6 @@ def architecture(cfg: Any) -> str:
 
 def count_parameters(cfg: Any) -> int:
     """Parameters (trainable and not; buffers excluded) of the network a config builds."""
-    import torch
-
-    import m2cd
 
     with torch.device("meta"):
         model = m2cd.build_model(cfg)
@@ -184,13 +185,11 @@ def count_parameters(cfg: Any) -> int:
 
 
 def _torch_version() -> str:
-    import torch
 
     return str(torch.__version__)
 
 
 def _read_meta(checkpoint: str) -> dict[str, Any]:
-    from pipeline.io import storage
 
     meta = storage.read_json(checkpoint.rstrip("/") + "/checkpoint.json")
     assert isinstance(meta, dict), f"{checkpoint}: checkpoint.json is verified at plan time"
@@ -198,8 +197,6 @@ def _read_meta(checkpoint: str) -> dict[str, Any]:
 
 
 def _checkpoint_weights(checkpoint: str, digest: str) -> WeightsInfo:
-    from pipeline.io import storage
-    from pipeline.products.metadata import redact_uri  # metadata imports this module
 
     uri = checkpoint.rstrip("/") + "/" + WEIGHTS_FILE
     size: int | None
@@ -225,9 +222,6 @@ def _checkpoint_weights(checkpoint: str, digest: str) -> WeightsInfo:
 
 def _config_weights(name: str) -> WeightsInfo:
     """A named config has no weights file: its YAML and the seed rebuild the same weights."""
-    import hashlib
-
-    from m2cd.config import CONFIG_DIR
 
     path = CONFIG_DIR / f"{name}.yaml"
     return WeightsInfo(

@@ -53,6 +53,8 @@ class Part:
 
     @property
     def mean_probability(self) -> float:
+        """The mean over the component's pixels, from the exact integer sum (the same whatever the
+        block order)."""
         return self.prob_sum / PROB_QUANTUM / self.count
 
 
@@ -125,6 +127,8 @@ class PolygonBuilder:
     _uf: _UnionFind = field(default_factory=_UnionFind, repr=False)
 
     def add(self, block: Block) -> None:
+        """Add one block: components touching a border wait for the block across it, the rest are
+        emitted now."""
         labels, parts = block_parts(block)
         h, w = block.shape
         r0, c0 = block.row_off, block.col_off
@@ -197,9 +201,12 @@ class AreaModel:
 
     @property
     def has_area(self) -> bool:
+        """Whether features carry `area_m2`: never without a CRS, where a pixel has no ground size."""
         return self._pixel_m2 is not None or self._geod is not None
 
     def area_m2(self, count: int, geom_crs: shapely.Geometry) -> float | None:
+        """Ground area of a component: pixel count times pixel area where the CRS is projected,
+        geodesic on the ellipsoid where it is geographic (degrees have no constant area)."""
         if self._pixel_m2 is not None:
             return count * self._pixel_m2
         if self._geod is not None:
@@ -305,6 +312,8 @@ class PolygonWriter:
         return {"type": "Feature", "properties": props, "geometry": mapping(geom)}
 
     def write(self, part: Part) -> None:
+        """Write one final component; components under the minimum mapping unit count towards the
+        changed pixels but are not written as features."""
         assert self._spool is not None, "use PolygonWriter as a context manager"
         feat = self.feature(part)
         self.changed_px += part.count

@@ -28,6 +28,7 @@ class Block:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(height, width) of this block (edge blocks are smaller than the chunk size)."""
         return self.mask.shape  # type: ignore[return-value]
 
 

@@ -20,6 +20,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ from pipeline.products.model_info import InputInfo, ModelInfo
 
 @dataclass(frozen=True)
 class AssetSpec:
+    """One STAC asset of the products: its file, media type, roles and title, written as STAC
+    expects them."""
+
     href: str  # relative to item.json, e.g. ./change_prob.tif
     media_type: str
     roles: tuple[str, ...]
@@ -192,6 +196,7 @@ def _up(v: float, digits: int = 9) -> float:
 
 
 def native_bbox(meta: ProductMetadata) -> list[float]:
+    """The scene's bounding box in its own CRS (`proj:bbox`), from the four grid corners."""
     height, width = meta.shape
     xs, ys = meta.to_crs(np.array([0, width, width, 0]), np.array([0, 0, height, height]))
     return [float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))]
@@ -401,7 +406,6 @@ def file_fields(path: Path | None) -> dict[str, Any]:
 
 
 def _software_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version(SOFTWARE)

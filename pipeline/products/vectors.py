@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pyogrio
 import pyproj
 import shapely
 
@@ -49,7 +50,12 @@ class Layout:
 
 
 class Sink(Protocol):
-    def write_all(self, batches: Iterable[list[Feature]], layout: Layout) -> None: ...
+    """One vector format: every sink consumes the same feature batches, so the three files hold the
+    same features in the same order."""
+
+    def write_all(self, batches: Iterable[list[Feature]], layout: Layout) -> None:
+        """Write every batch, then close the file; the batches are consumed once."""
+        ...
 
 
 class GeoJSONSink:
@@ -59,6 +65,8 @@ class GeoJSONSink:
         self.path = path
 
     def write_all(self, batches: Iterable[list[Feature]], layout: Layout) -> None:
+        """Stream the FeatureCollection text: features are never all held, and the bytes do not
+        depend on the block size."""
         head: dict[str, Any] = {"type": "FeatureCollection"}
         if layout.crs_member is not None:
             head["crs"] = layout.crs_member
@@ -75,6 +83,7 @@ class GeoJSONSink:
 
 
 def arrow_schema(layout: Layout, metadata: dict[bytes, bytes] | None = None) -> pa.Schema:
+    """The one column layout GeoParquet and FlatGeobuf share (area_m2 only when the CRS gives one)."""
     fields = [pa.field("id", pa.int64(), nullable=False), pa.field("area_px", pa.int64())]
     if layout.has_area:
         fields.append(pa.field("area_m2", pa.float64()))
@@ -124,6 +133,8 @@ class GeoParquetSink:
         self.path = path
 
     def write_all(self, batches: Iterable[list[Feature]], layout: Layout) -> None:
+        """Write row groups as batches arrive; an empty table still carries the schema and the `geo`
+        metadata, so readers see the columns."""
         meta = {b"geo": json.dumps(geo_metadata(layout)).encode()}
         schema = arrow_schema(layout, meta)
         with pq.ParquetWriter(self.path, schema, compression="zstd") as writer:
@@ -142,8 +153,8 @@ class FlatGeobufSink:
         self.path = path
 
     def write_all(self, batches: Iterable[list[Feature]], layout: Layout) -> None:
-        import pyogrio
-
+        """Stream the batches through pyogrio's Arrow writer: GDAL writes the file, never the whole
+        table in memory."""
         schema = arrow_schema(layout).with_metadata(None)
         geometry = schema.field("geometry").with_metadata({"ARROW:extension:name": "geoarrow.wkb"})
         schema = schema.set(schema.get_field_index("geometry"), geometry)

@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import zarr
+from affine import Affine
+from pyproj import CRS
 
 PROBABILITY, MASK, VALID = "probability", "mask", "valid"
 MASK_NODATA = 255
@@ -54,7 +57,6 @@ def consolidating() -> Iterator[None]:
     We write it on purpose: object-store readers (xarray's default) then open the store with one
     GET instead of one per array, and xarray warns when it is missing.
     """
-    import zarr
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
@@ -63,7 +65,6 @@ def consolidating() -> Iterator[None]:
 
 def consolidate(store: Any) -> None:
     """Rewrite the consolidated metadata after nodes were added (the overviews at finalize)."""
-    import zarr
 
     with consolidating():
         zarr.consolidate_metadata(store, zarr_format=3)
@@ -74,7 +75,6 @@ def pixel_centres(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(y, x) pixel-centre coordinates of a grid without rotation, computed exactly as rioxarray
     does (the transform shifted by half a pixel, then applied), so coordinates compare equal."""
-    from affine import Affine
 
     centre = Affine(*transform[:6]) @ Affine.translation(0.5, 0.5)
     h, w = shape
@@ -118,7 +118,6 @@ def proj_attrs(crs_wkt: str | None) -> dict[str, Any]:
     """
     if not crs_wkt:
         return {}
-    from pyproj import CRS
 
     crs = CRS.from_wkt(crs_wkt)
     epsg = crs.to_epsg()
@@ -137,6 +136,7 @@ def create_store(
 
     Overwrites whatever is at `store`: the caller creates it once per run, before any block.
     """
+    # deferred: dask.array + xarray + rioxarray add ~4 s to pipeline.products' importers (m2cd view); only create_store needs them
     import dask.array as da
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
@@ -159,8 +159,6 @@ def create_store(
         long_name="valid pixel mask", flag_values=[0, 1], flag_meanings="nodata valid"
     )
     if crs_wkt:
-        from affine import Affine
-
         ds = ds.rio.write_crs(crs_wkt).rio.write_transform(Affine(*transform[:6]))
         ds = ds.rio.write_coordinate_system()
         for name in (PROBABILITY, MASK, VALID):  # CF link that rioxarray follows to the CRS
@@ -189,7 +187,6 @@ def write_region(
     valid: np.ndarray,
 ) -> None:
     """Write one block core at (y0, x0): a chunk-aligned region, so concurrent blocks never clash."""
-    import zarr
 
     group = zarr.open_group(store, mode="r+", zarr_format=3)
     h, w = probability.shape
@@ -200,6 +197,5 @@ def write_region(
 
 def read_array(store: Any, name: str) -> np.ndarray:
     """A whole array (tests and small scenes only: products read chunk by chunk)."""
-    import zarr
 
     return np.asarray(zarr.open_group(store, mode="r", zarr_format=3)[name][...])

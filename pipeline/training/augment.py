@@ -13,6 +13,7 @@ All randomness comes from the caller's ``numpy.random.Generator`` so training re
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import affine_transform
 
 from pipeline.training.config import AugmentConfig
 from pipeline.training.data import IGNORE
@@ -28,7 +29,6 @@ def rotate(chip: Chip, degrees: float) -> Chip:
     ignore (255) in the label: the loss and metrics never count them (the official augmentation
     pads its label with 255 the same way).
     """
-    from scipy.ndimage import affine_transform
 
     opt, sar, lab = chip
     h, w = lab.shape

@@ -26,6 +26,9 @@ BaselineName = Literal["sar_threshold", "log_difference"]
 
 @dataclass(frozen=True)
 class ThresholdModel:
+    """A fitted single-feature threshold baseline: what a learned model must beat to be worth its
+    cost."""
+
     name: str
     sign: int  # +1: change where score > threshold, -1: where score < threshold
     threshold: float
@@ -33,6 +36,7 @@ class ThresholdModel:
     train_f1: float
 
     def to_dict(self) -> dict:
+        """The fitted values as JSON-ready plain types for the evaluation report."""
         return asdict(self)
 
 

@@ -110,6 +110,8 @@ class ChipSource(ConfigSection):
 
 
 class DataConfig(ConfigSection):
+    """Where training chips come from (scenes, folders or a chip dataset) and how they are sampled."""
+
     scenes: list[SceneSource] = Field(default_factory=list)
     folders: FolderSource | None = None
     chips: ChipSource | None = None

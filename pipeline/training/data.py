@@ -22,6 +22,11 @@ import numpy as np
 
 from pipeline.config import DetectConfig
 from pipeline.errors import ConfigError, InputError
+from pipeline.geometry import PixelBox
+from pipeline.io.bands import resolve_bands
+from pipeline.io.grid import align_pair
+from pipeline.io.normalize import normalize_optical, normalize_sar, valid_mask
+from pipeline.io.scene import open_scene
 from pipeline.training.config import Area, ChipSource, DataConfig, FolderSource, SceneSource
 from pipeline.training.labels import (
     IGNORE,
@@ -64,6 +69,7 @@ class LabelledArea:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(height, width) of the area, from its label."""
         return self.label.shape  # type: ignore[return-value]
 
 
@@ -72,7 +78,6 @@ class LabelledArea:
 
 
 def _window(window: tuple[int, int, int, int]):
-    from pipeline.geometry import PixelBox
 
     r0, r1, c0, c1 = window
     return PixelBox(r0, r1, c0, c1)
@@ -80,7 +85,6 @@ def _window(window: tuple[int, int, int, int]):
 
 def area_window(area: Area, optical_uri: str, cfg: DetectConfig) -> tuple[int, int, int, int]:
     """Pixel window of an area, clipped to the scene; bounds go through the optical transform."""
-    from pipeline.io.scene import open_scene
 
     scene = open_scene(optical_uri, "optical", cfg)
     h, w = scene.shape
@@ -120,10 +124,6 @@ def read_pair(
     ``channels``: the model's channel counts; the bands are then chosen as the engine chooses them
     (``pipeline.bands.resolve_bands``), so a model trains and detects on the same bands.
     """
-    from pipeline.io.bands import resolve_bands
-    from pipeline.io.grid import align_pair
-    from pipeline.io.normalize import normalize_optical, normalize_sar, valid_mask
-    from pipeline.io.scene import open_scene
 
     opt_scene = open_scene(optical_uri, "optical", cfg)
     sar_scene = open_scene(sar_uri, "sar", cfg)
@@ -157,6 +157,8 @@ def read_label(
 
 
 def assemble(opt, sar, valid, label, name: str) -> LabelledArea:
+    """Mark invalid pixels IGNORE in the label, so the loss and metrics skip what either input
+    lacks."""
     label = label.copy()
     label[~valid] = IGNORE
     return LabelledArea(

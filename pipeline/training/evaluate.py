@@ -17,13 +17,21 @@ from typing import Any
 
 import numpy as np
 
+from m2cd.metrics import ConfusionMatrix
 from pipeline.errors import InputError
-from pipeline.training.labels import IGNORE, LabelReader, decode_label, file_values, label_encoding
+from pipeline.io.grid import GridInfo
+from pipeline.training.labels import (
+    IGNORE,
+    LabelReader,
+    _open,
+    decode_label,
+    file_values,
+    label_encoding,
+)
 
 
 def evaluate_arrays(pred: np.ndarray, label: np.ndarray) -> dict[str, Any]:
     """pred 0/1 (255 = no prediction), label 0/1 (255 = ignore), same shape -> metrics dict."""
-    from m2cd.metrics import ConfusionMatrix
 
     pred, label = np.asarray(pred), np.asarray(label)
     if pred.shape != label.shape:
@@ -56,8 +64,6 @@ def fit_threshold(prob: np.ndarray, label: np.ndarray) -> tuple[float, dict[floa
 
 def _grid(uri: str) -> Any:
     """The pixel grid of a raster (what the label is placed on)."""
-    from pipeline.io.grid import GridInfo
-    from pipeline.training.labels import _open
 
     with _open(uri) as src:
         crs = src.crs if not (src.crs is None and src.transform.is_identity) else None

@@ -19,8 +19,15 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
 
 from pipeline.errors import InputError
+from pipeline.io import storage
+from pipeline.io.grid import GridInfo, same_grid
 
 IGNORE = 255
 Encoding = Literal["0/1", "0/255"]
@@ -64,10 +71,6 @@ def decode_label(raw: np.ndarray, encoding: Encoding, nodata: float | None = Non
 
 
 def _open(uri: str) -> Any:
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-    from pipeline.io import storage
 
     try:
         with storage.gdal_env(uri), warnings.catch_warnings():
@@ -80,7 +83,6 @@ def _open(uri: str) -> Any:
 def file_values(uri: str) -> tuple[set[float], float | None]:
     """Every distinct value of a label's first band except its nodata (the whole file, in strips),
     and the nodata; a label with several different bands is refused."""
-    from pipeline.io import storage
 
     values: set[float] = set()
     with storage.gdal_env(uri), _open(uri) as src:
@@ -112,8 +114,6 @@ class LabelReader:
     (raw values, outside-footprint mask), warped with nearest when the grids differ."""
 
     def __init__(self, uri: str, grid: Any):
-        from pipeline.io import storage
-        from pipeline.io.grid import GridInfo, same_grid
 
         self.uri, self.grid = uri, grid
         with storage.gdal_env(uri), _open(uri) as src:
@@ -129,7 +129,6 @@ class LabelReader:
             self._check_placeable(own)
 
     def _check_placeable(self, own: Any) -> None:
-        from rasterio.warp import transform_bounds
 
         if own.crs is None or self.grid.crs is None:
             which = "the label" if own.crs is None else "the image"
@@ -145,10 +144,6 @@ class LabelReader:
 
     def read(self, window: tuple[int, int, int, int] | None) -> tuple[np.ndarray, np.ndarray]:
         """(raw H×W values, H×W bool outside the label's footprint) of an image-grid window."""
-        from rasterio.enums import Resampling
-        from rasterio.vrt import WarpedVRT
-
-        from pipeline.io import storage
 
         h, w = self.grid.shape
         r0, r1, c0, c1 = window or (0, h, 0, w)

@@ -28,6 +28,9 @@ from pipeline.training.data import ChipTriple, decode_label, label_encoding
 
 @dataclass(frozen=True)
 class Mosaic:
+    """A chip set laid out as one scene (paths, size, chip count): the demo runs the scene engine on
+    it."""
+
     optical: Path
     sar: Path
     label: Path

@@ -67,6 +67,8 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over `param_groups` (head lr multiplier; no weight decay where `_no_decay_names` says),
+    as the official mmseg recipe trains."""
     return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas)
 
 

@@ -20,7 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from pipeline.errors import InputError
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
@@ -49,7 +52,6 @@ def save_state(
 
     ``teacher``: the network of an EMA teacher (its state changes every step), or None.
     """
-    from safetensors.torch import save_file
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -91,6 +93,8 @@ def save_state(
 
 
 def has_state(path: str | Path) -> bool:
+    """Whether `path` holds a resumable training state: both files, since either alone is a save cut
+    short."""
     return (Path(path) / STATE_JSON).is_file() and (Path(path) / STATE_TENSORS).is_file()
 
 
@@ -106,9 +110,6 @@ def load_state(
     A state saved with a teacher must be restored into one and vice versa: resuming an EMA run
     with a fresh teacher (or none) would silently change every later distillation loss.
     """
-    from safetensors.torch import load_file
-
-    from pipeline.errors import InputError
 
     path = Path(path)
     try:
@@ -155,7 +156,6 @@ def load_state(
 def _restore_teacher(
     path: Path, tensors: dict[str, torch.Tensor], teacher: nn.Module | None
 ) -> None:
-    from pipeline.errors import InputError
 
     saved = {k[len("teacher.") :]: v for k, v in tensors.items() if k.startswith("teacher.")}
     if teacher is None and not saved:

@@ -45,6 +45,8 @@ class EMATeacher(Teacher):
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
+        """Move the teacher's weights towards the student's by `1 - decay`; integer buffers (BN step
+        counts) are copied."""
         s_state = student.state_dict()
         for name, t in self.net.state_dict().items():
             s = s_state[name].to(t.device)

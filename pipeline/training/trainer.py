@@ -32,15 +32,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 import m2cd
 from m2cd.checkpoint import read_checkpoint_meta, update_provenance
+from m2cd.config import load_model_config
+from m2cd.losses import dice_loss
+from m2cd.metrics import ConfusionMatrix
 from m2cd.pretrained import DEFAULT_MODEL, shipped_checkpoint
 from pipeline.engine.device import autocast_dtype, resolve_device
 from pipeline.errors import ConfigError, InputError
+from pipeline.io.normalize import match_channels
 from pipeline.training.augment import augment
 from pipeline.training.config import StageConfig, TrainConfig
 from pipeline.training.data import IGNORE, LabelledArea, load_areas
+from pipeline.training.evaluate import fit_threshold
 from pipeline.training.optim import build_optimizer, set_lr
 from pipeline.training.sampling import ChipSampler, class_weights, iter_val_tiles
 from pipeline.training.state import has_state, load_state, save_state
@@ -49,6 +55,9 @@ from pipeline.training.teacher import EMATeacher, attach_teacher
 
 @dataclass
 class TrainResult:
+    """What a training run leaves: the best and last checkpoints, the best metrics and the stage
+    history."""
+
     out_dir: Path
     best: Path
     last: Path
@@ -62,6 +71,8 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> np.random.Generator:
+    """Seed Python, NumPy and torch from one number and return the generator the sampler draws from,
+    so a run is repeatable."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -72,7 +83,6 @@ def segmentation_loss(
     logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig, weights: torch.Tensor | None
 ) -> torch.Tensor:
     """CE (optionally class-weighted) + Dice of the change class, ignoring 255."""
-    from m2cd.losses import dice_loss
 
     loss = logits.new_zeros((), dtype=torch.float32)
     if cfg.loss.ce_weight:
@@ -84,7 +94,6 @@ def segmentation_loss(
 
 
 def _channels(x: np.ndarray, want: int) -> np.ndarray:
-    from pipeline.io.normalize import match_channels
 
     return match_channels(x, want)
 
@@ -99,7 +108,6 @@ def validate(
     amp: torch.dtype | None,
 ) -> dict[str, Any]:
     """Change-class P/R/F1/IoU, OA, kappa over non-overlapping tiles of every validation area."""
-    from m2cd.metrics import ConfusionMatrix
 
     cm = ConfusionMatrix(2, ignore=IGNORE)
     for prob, lab in val_probabilities(model, areas, tile, batch_size, device, amp):
@@ -149,7 +157,6 @@ def record_threshold(
     """Fit the decision threshold on the validation areas and store it in the checkpoint, where
     ``m2cd detect`` reads it. Fine-tuned on a few % of change the 0.5 cut misses most of it
     (measured on a real flood pair: recall 0.23 at 0.5), so the default must not be 0.5."""
-    from pipeline.training.evaluate import fit_threshold
 
     model = m2cd.load_checkpoint(checkpoint)
     device = resolve_device(cfg.device)
@@ -187,7 +194,6 @@ def _write_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True)
 
@@ -210,7 +216,6 @@ class _Stage:
         init_from: Path | None,
         resume: bool,
     ):
-        import m2cd
 
         self.cfg, self.stage, self.dir, self.metrics_path = cfg, stage, stage_dir, metrics_path
         self.val_areas = val_areas
@@ -241,7 +246,6 @@ class _Stage:
             self._resume()
 
     def _init_weights(self, path: Path) -> None:
-        import m2cd
 
         source = m2cd.load_checkpoint(path)
         missing, unexpected = self.model.load_state_dict(source.state_dict(), strict=False)
@@ -253,7 +257,6 @@ class _Stage:
             )
 
     def _resume(self) -> None:
-        import m2cd
 
         last = self.dir / "last"
         loaded = m2cd.load_checkpoint(last)
@@ -280,7 +283,6 @@ class _Stage:
         }
 
     def _save_last(self) -> None:
-        import m2cd
 
         tmp = self.dir / f".last.{int(time.time() * 1e6)}.tmp"
         m2cd.save_checkpoint(self.model, tmp, self._provenance(self.best_metrics))
@@ -301,7 +303,6 @@ class _Stage:
         _replace_dir(tmp, self.dir / "last")
 
     def _save_best(self, metrics: dict[str, Any] | None) -> None:
-        import m2cd
 
         tmp = self.dir / f".best.{int(time.time() * 1e6)}.tmp"
         m2cd.save_checkpoint(self.model, tmp, self._provenance(metrics))
@@ -450,7 +451,6 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 def recipe_channels(cfg: TrainConfig) -> tuple[int, int]:
     """(optical, SAR) channel counts of the recipe's models; the data is read once for every
     stage, so the stages must agree (ConfigError otherwise)."""
-    from m2cd.config import load_model_config
 
     counts = set()
     for stage in cfg.stages:

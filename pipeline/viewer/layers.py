@@ -53,6 +53,8 @@ class MapLayers:
     summary: dict[str, Any] = field(default_factory=dict)
 
     def meta(self) -> dict[str, Any]:
+        """The page's first request: mode, bounds, whether an optical layer exists and the run
+        summary."""
         return {
             "mode": self.mode,
             "bounds": self.bounds,

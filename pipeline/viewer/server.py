@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
-from pipeline.viewer.layers import MapLayers
+from pipeline.viewer.layers import MapLayers, build_layers
 
 log = logging.getLogger(__name__)
 STATIC = resources.files("pipeline.viewer") / "static"
@@ -33,6 +33,8 @@ def _static(path: str) -> bytes | None:
 
 
 def make_handler(layers: MapLayers) -> type[BaseHTTPRequestHandler]:
+    """A handler class serving the prepared layers from memory: everything is rendered once at
+    start, so a request never touches the products."""
     routes: dict[str, tuple[bytes, str]] = {
         "/api/meta.json": (json.dumps(layers.meta()).encode(), "application/json"),
         "/api/polygons.geojson": (json.dumps(layers.polygons).encode(), "application/geo+json"),
@@ -76,6 +78,7 @@ class MapServer:
 
     @property
     def url(self) -> str:
+        """The address to open in a browser (the port was picked free at start)."""
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}/"
 
@@ -91,7 +94,6 @@ class MapServer:
 
 def serve(out: Path, host: str, port: int, max_size: int) -> None:
     """Render the layers of `out` and serve them until interrupted."""
-    from pipeline.viewer.layers import build_layers
 
     layers = build_layers(out, max_size=max_size)
     httpd = ThreadingHTTPServer((host, port), make_handler(layers))
