@@ -22,7 +22,6 @@ import m2cd
 from m2cd.config import CONFIG_DIR, ModelConfig
 from pipeline.config import DetectConfig, OpticalConfig, SarConfig
 from pipeline.io import storage
-from pipeline.products.metadata import redact_uri  # metadata imports this module
 
 WEIGHTS_FILE = "weights.safetensors"  # m2cd.checkpoint.WEIGHTS (no torch import for a constant)
 
@@ -205,6 +204,9 @@ def _checkpoint_weights(checkpoint: str, digest: str) -> WeightsInfo:
             size = int(storage.fs_for(uri).info(uri)["size"])
         except (OSError, KeyError, TypeError, ValueError):
             size = None
+        # deferred: import cycle (pipeline.products.metadata imports this module)
+        from pipeline.products.metadata import redact_uri
+
         href = redact_uri(uri)
     else:
         local = os.path.abspath(uri.removeprefix("file://"))
