@@ -165,3 +165,13 @@ def test_fp16_on_a_cpu_warns(pair, tmp_path, capsys):
     assert any(
         line.startswith("warning: inference.precision fp16 on a CPU") for line in err.splitlines()
     ), err
+
+
+def test_fp16_training_on_a_cpu_warns_before_the_first_step():
+    from types import SimpleNamespace
+
+    from pipeline.training.trainer import warn_slow_precision
+
+    cfg = SimpleNamespace(device="cpu", precision="fp16")  # the two fields the rule reads
+    with pytest.warns(UserWarning, match=r"precision fp16 on a CPU .* ~10× slower"):
+        warn_slow_precision(cfg)
