@@ -122,3 +122,11 @@ def autocast_dtype(
             cuda_bf16 = torch.cuda.is_bf16_supported()
         return torch.bfloat16 if cuda_bf16 else torch.float16
     return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16(isa) else None
+
+
+def slow_on_cpu(device: torch.device, precision: str) -> bool:
+    """fp16, or bf16 without native kernels, on a CPU: ~10× slower than fp32 (measured with
+    `m2cd bench model` on the AVX2 dev CPU); detect and train warn on it."""
+    return device.type == "cpu" and (
+        precision == "fp16" or (precision == "bf16" and not cpu_has_native_bf16())
+    )

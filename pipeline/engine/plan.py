@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.config import DetectConfig
 from pipeline.engine import pair as pairs
-from pipeline.engine.device import cpu_has_native_bf16, resolve_device
+from pipeline.engine.device import resolve_device, slow_on_cpu
 from pipeline.engine.models import ModelRef, describe_model
 from pipeline.engine.output_grid import GridSpec, crs_label
 from pipeline.engine.request import DetectRequest
@@ -146,9 +146,7 @@ def warn_costs(cfg: DetectConfig, tiles: int, tile_runs: int) -> None:
         )
     device = resolve_device(cfg.inference.device, "inference.device")
     precision = cfg.inference.precision
-    if device.type == "cpu" and (
-        precision == "fp16" or (precision == "bf16" and not cpu_has_native_bf16())
-    ):
+    if slow_on_cpu(device, precision):
         warnings.warn(
             f"inference.precision {precision} on a CPU without native {precision} kernels runs "
             "~10× slower than fp32: use fp32 or auto",

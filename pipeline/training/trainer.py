@@ -40,7 +40,7 @@ from m2cd.config import load_model_config
 from m2cd.losses import dice_loss
 from m2cd.metrics import ConfusionMatrix
 from m2cd.pretrained import DEFAULT_MODEL, shipped_checkpoint
-from pipeline.engine.device import autocast_dtype, cpu_has_native_bf16, resolve_device
+from pipeline.engine.device import autocast_dtype, resolve_device, slow_on_cpu
 from pipeline.errors import ConfigError, InputError
 from pipeline.io.normalize import match_channels
 from pipeline.training.augment import augment
@@ -480,9 +480,7 @@ def warn_slow_precision(cfg: TrainConfig) -> None:
     `m2cd bench model` on the AVX2 dev CPU): say so once, before the first step, as detect does."""
     device = resolve_device(cfg.device)
     precision = cfg.precision
-    if device.type == "cpu" and (
-        precision == "fp16" or (precision == "bf16" and not cpu_has_native_bf16())
-    ):
+    if slow_on_cpu(device, precision):
         warnings.warn(
             f"precision {precision} on a CPU without native {precision} kernels trains ~10× "
             "slower than fp32: use fp32 or auto",
