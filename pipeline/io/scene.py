@@ -8,6 +8,7 @@ products then carry no CRS.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -71,6 +72,11 @@ class ThreadDatasets:
             storage.bound_gdal_cache()  # open datasets keep their blocks: bound the cache first
             ds = self._local.ds = rasterio.open(self.path)
         return ds
+
+    def adopt(self, ds: Any) -> None:
+        """Serve this thread's reads from ``ds``, already open (the header's dataset): the
+        planning thread then opens each file once, for its header and its sampled windows alike."""
+        self._local.ds = ds
 
     def discard(self) -> None:
         """Close this thread's dataset (after a failed read: the next one reopens)."""
@@ -293,8 +299,10 @@ def open_scene(
     try:
         with storage.gdal_env(resolved.gdal_path), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NotGeoreferencedWarning)
+            storage.bound_gdal_cache()  # the dataset stays open for the sample reads
             src = rasterio.open(resolved.gdal_path)
-        with src:
+        with contextlib.ExitStack() as close_on_error:
+            close_on_error.callback(src.close)
             header = {
                 "descriptions": tuple(src.descriptions),
                 "tags": dict(src.tags()),
@@ -310,46 +318,52 @@ def open_scene(
                 "mask_flags": [tuple(f.name for f in flags) for flags in src.mask_flag_enums],
                 "alpha": [ci.name == "alpha" for ci in src.colorinterp],
             }
+            close_on_error.pop_all()  # kept open: the scene's first reads in this thread use it
     except RasterioIOError as exc:
         raise InputError(uri, f"not a readable raster ({storage.redact(str(exc))})") from None
-    h, w = header["shape"]
-    names = resolved.band_names or header["descriptions"]
-    if h == 0 or w == 0 or header["count"] == 0:
-        raise InputError(uri, f"zero-size raster ({h}×{w}, {header['count']} bands)")
-    if h * w > cfg.max_pixels:
-        raise InputError(
-            uri, f"{h}×{w} = {h * w} pixels exceeds max_pixels = {cfg.max_pixels} (see config)"
+    try:  # a refused header closes the dataset it kept open
+        h, w = header["shape"]
+        names = resolved.band_names or header["descriptions"]
+        if h == 0 or w == 0 or header["count"] == 0:
+            raise InputError(uri, f"zero-size raster ({h}×{w}, {header['count']} bands)")
+        if h * w > cfg.max_pixels:
+            raise InputError(
+                uri, f"{h}×{w} = {h * w} pixels exceeds max_pixels = {cfg.max_pixels} (see config)"
+            )
+        crs = header["crs"]
+        if crs is None or any(issubclass(w_.category, NotGeoreferencedWarning) for w_ in caught):
+            crs = None
+            warnings.warn(
+                f"{uri}: no CRS/georeferencing; using pixel coordinates, products will carry no CRS",
+                stacklevel=2,
+            )
+        section = cfg.optical if role == "optical" else cfg.sar
+        nodata = section.nodata if section.nodata is not None else header["nodata"]
+        nodata = None if nodata is None else float(nodata)
+        count = _data_band_count(uri, header["alpha"])
+        bands = _select_bands(uri, role, count, cfg)
+        file_dtype = _dtype_name(header["dtype"])
+        decoding = _header_decoding(uri, role, header, bands, file_dtype, nodata, cfg)
+        scene = Scene(
+            uri=uri,
+            role=role,
+            crs=crs,
+            transform=header["transform"],
+            shape=(h, w),
+            count=count,
+            dtype=decoding.decoded_dtype(file_dtype),
+            nodata=decoding.decoded_nodata(nodata),
+            bands=bands,
+            block_shape=header["block_shape"],
+            gdal_source=resolved.gdal_path,
+            band_names=tuple(names),
+            acquired=resolved.acquired or acquired_from_tags(header["tags"]),
+            decoding=decoding,
         )
-    crs = header["crs"]
-    if crs is None or any(issubclass(w_.category, NotGeoreferencedWarning) for w_ in caught):
-        crs = None
-        warnings.warn(
-            f"{uri}: no CRS/georeferencing; using pixel coordinates, products will carry no CRS",
-            stacklevel=2,
-        )
-    section = cfg.optical if role == "optical" else cfg.sar
-    nodata = section.nodata if section.nodata is not None else header["nodata"]
-    nodata = None if nodata is None else float(nodata)
-    count = _data_band_count(uri, header["alpha"])
-    bands = _select_bands(uri, role, count, cfg)
-    file_dtype = _dtype_name(header["dtype"])
-    decoding = _header_decoding(uri, role, header, bands, file_dtype, nodata, cfg)
-    scene = Scene(
-        uri=uri,
-        role=role,
-        crs=crs,
-        transform=header["transform"],
-        shape=(h, w),
-        count=count,
-        dtype=decoding.decoded_dtype(file_dtype),
-        nodata=decoding.decoded_nodata(nodata),
-        bands=bands,
-        block_shape=header["block_shape"],
-        gdal_source=resolved.gdal_path,
-        band_names=tuple(names),
-        acquired=resolved.acquired or acquired_from_tags(header["tags"]),
-        decoding=decoding,
-    )
+    except BaseException:
+        src.close()
+        raise
+    scene.datasets.adopt(src)
     _check_fill(scene, file_dtype, nodata)
     _decide_from_sample(scene, cfg, check)
     return scene

@@ -19,18 +19,19 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 import rasterio
 from affine import Affine
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from flows.cli import main
 
-hypothesis = pytest.importorskip("hypothesis")
-st = pytest.importorskip("hypothesis.strategies")
-given, settings, HealthCheck = hypothesis.given, hypothesis.settings, hypothesis.HealthCheck
-
 SIZES = st.one_of(st.integers(1, 8), st.integers(9, 160), st.sampled_from([255, 600]))
 CRS_CHOICES = ["EPSG:32633", "EPSG:4326", None]
+# Fewer valid overlap pixels than this say nothing about a constant input (one pixel is pinned or
+# not): the decoding check samples the whole file, and a 2×9 SAR file with 94 % of its samples at
+# the clip passes it while its single pixel under a 1×1 optical scene is the clipped one.
+MIN_ASSESSED_PX = 64
 
 
 @st.composite
@@ -160,6 +161,8 @@ def _assert_inputs_not_constant(optical: str, sar: str, run: dict) -> None:
     box = PixelBox.full(pair.grid.shape)
     o_raw, s_raw = pair.optical.read_window(box), pair.sar.read_window(box)
     valid = valid_mask(o_raw, s_raw, pair.optical.nodata, pair.sar.nodata)
+    if valid.sum() < MIN_ASSESSED_PX:
+        return
     o = normalize_optical(o_raw, cfg.optical, pair.optical.dtype)[:, valid]
     s = normalize_sar(s_raw, cfg.sar, pair.sar.units, pair.sar.dtype)[:, valid]
     for x, lo, hi in ((o, -2.0, 2.0), (s, -1.0, 1.0)):
@@ -189,7 +192,7 @@ def test_any_pair_publishes_valid_products_or_exits_2_in_one_line(scene):
             rc = main(args)  # a bug re-raises here: the example fails with its traceback
         text = err.getvalue()
         assert "Traceback" not in text
-        hypothesis.event("published" if rc == 0 else f"exit {rc}")
+        event("published" if rc == 0 else f"exit {rc}")
         if rc == 0:
             _assert_products_validate(out)
             _assert_inputs_not_constant(optical, sar, json.loads((out / "run.json").read_text()))
@@ -197,5 +200,5 @@ def test_any_pair_publishes_valid_products_or_exits_2_in_one_line(scene):
             assert rc == 2, text
             errors = [line for line in text.splitlines() if line.startswith("error: ")]
             assert len(errors) == 1, text
-            hypothesis.event(errors[0].split(": ", 2)[-1][:60])
+            event(errors[0].split(": ", 2)[-1][:60])
             assert not (out / "run.json").exists()
