@@ -42,7 +42,10 @@ def _runs_page_lists(url: str, run_name: str) -> bool:
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+    # a desktop-sized window: the runs list renders only the rows in view, and the default
+    # headless 800×600 leaves the rows below the charts unrendered (the name never appears)
+    args = ("--headless=new", "--window-size=1600,1200", "--no-sandbox", "--disable-gpu")
+    for arg in (*args, "--disable-dev-shm-usage"):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
@@ -121,13 +124,14 @@ def test_readme_service_path_works_first_time(tmp_path):
         assert "![quick-look](data:image/png;base64," in done
         assert any("missing.tif: file not found" in t for t in texts if "failed" in t)
 
-        # TODO(issue 13, point 4): the headless-Chromium check of the runs page
-        # (_runs_page_lists(f"http://127.0.0.1:{port}/runs", run_name)) did not find the run's
-        # name within 90 s on the loaded 2-core machine; unresolved, so not asserted yet.
-        assert run_name
+        browser = bool(CHROMIUM and CHROMEDRIVER)  # `make browser` installs both
+        if browser:  # the served UI talks to its own API: its runs page lists the run
+            assert _runs_page_lists(f"http://127.0.0.1:{port}/runs", run_name), run_name
         serve.send_signal(signal.SIGTERM)
         serve.communicate(timeout=90)
     finally:
         stop(serve, "m2cd serve", timeout=20)
     assert not is_healthy(api)
     assert os.path.isdir(tmp_path / "home")
+    if not browser:
+        pytest.skip("the runs page was not checked: no chromium/chromedriver (`make browser`)")
