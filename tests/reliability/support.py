@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -78,12 +79,26 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def interactive_sigint() -> None:
+    """Ctrl-C's default disposition in the child, as in a terminal. A suite started in the
+    background (`make test &`, nohup, some CI runners) passes SIGINT ignored to its children, and
+    Python then rightly leaves it ignored (the POSIX rule for background jobs): the run under test
+    would never see the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 300):
     """The real `m2cd` console script in a subprocess (what a user or cron job runs)."""
     exe = Path(sys.executable).parent / "m2cd"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "flows.cli"]
     return subprocess.run(
-        cmd + args, cwd=REPO, env=env or cli_env(), capture_output=True, text=True, timeout=timeout
+        cmd + args,
+        cwd=REPO,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=interactive_sigint,
     )
 
 

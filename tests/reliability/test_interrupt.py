@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.polling import wait_for
-from tests.reliability.support import REPO, cli_env, fingerprint, published, run_cli
+from tests.reliability.support import (
+    REPO,
+    cli_env,
+    fingerprint,
+    interactive_sigint,
+    published,
+    run_cli,
+)
 
 SIZE, BLOCK = 256, 64  # 4×4 = 16 blocks of a few 64-px tiles each
 DETECT_LINE = "interrupted: finished blocks are kept; run the same command to resume"
@@ -48,6 +55,7 @@ def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [str(Path(sys.executable).parent / "m2cd"), *args], cwd=REPO, env=cli_env(),
         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=interactive_sigint,
     )  # fmt: skip
 
 
@@ -58,11 +66,15 @@ def _interrupt_when(proc: subprocess.Popen, ready, twice: bool) -> float:
     assert proc.poll() is None, "the run ended before it could be interrupted"
     start = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
-    if twice:  # an impatient user: the second Ctrl-C must not abort in C++
-        time.sleep(0.3)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(120)
+    try:
+        if twice:  # an impatient user: the second Ctrl-C must not abort in C++
+            time.sleep(0.3)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:  # it ignored Ctrl-C: fail without leaving it running
+            os.killpg(proc.pid, signal.SIGKILL)
     return time.monotonic() - start
 
 

@@ -142,8 +142,8 @@ def test_a_killed_runs_s3_lease_is_taken_over(pair, s3_env, tmp_path):
     assert res.returncode == 0, res.stderr
     assert fs.exists(f"{bucket}/out/run.json") and not fs.exists(lock)
 
-    # a run elsewhere that vanished 0 s ago with a 40 s lease
-    expires = time.time() + 40
+    # a run elsewhere that vanished 0 s ago with a 20 s lease (the refused run takes ~10 s)
+    expires = time.time() + 20
     holder = {"host": "elsewhere", "pid": 1, "since": "then", "expires": expires}
     fs.pipe(lock, json.dumps(holder).encode())
     again = args + ["--threshold", "0.6"]
