@@ -17,15 +17,21 @@ import pytest
 import rasterio
 
 from flows.cli import main
-from tests.reliability.support import Pair, detect_args, pair_arrays, run_cli, write_raster
+from tests.reliability.support import (
+    Pair,
+    detect_args,
+    one_error_line,
+    pair_arrays,
+    run_cli,
+    run_main,
+    write_raster,
+)
 
 H, W = 64, 96
 
 
 def _detect(capsys, pair: Pair, out: Path, *more: str) -> tuple[int, str, str]:
-    rc = main(detect_args(pair, out, *more))
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
+    return run_main(capsys, detect_args(pair, out, *more))
 
 
 def _probability(out: Path) -> np.ndarray:
@@ -36,16 +42,6 @@ def _probability(out: Path) -> np.ndarray:
 
 def _run_json(out: Path) -> dict:
     return json.loads((out / "run.json").read_text())
-
-
-def _one_error(rc: int, err: str, *needles: str) -> str:
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +82,7 @@ def test_float_optical_beyond_any_dn_range_is_refused_naming_optical_scale(hones
     pair, optical, _, _ = honest
     huge = write_raster(tmp_path / "huge.tif", optical.astype(np.float32) * 1000)
     res = run_cli(detect_args(Pair(huge, pair.sar), tmp_path / "out"))  # the real console script
-    _one_error(res.returncode, res.stderr, huge, "set optical.scale")
+    one_error_line(res.returncode, res.stderr, huge, "set optical.scale")
     assert not (tmp_path / "out").exists()
 
 
@@ -107,7 +103,7 @@ def test_complex_sar_with_units_db_is_refused(honest, tmp_path, capsys):
     pair, _, sar, _ = honest
     slc = write_raster(tmp_path / "slc.tif", np.sqrt(sar).astype(np.complex64))
     rc, _, err = _detect(capsys, Pair(pair.optical, slc), tmp_path / "out", "--set", "sar.units=db")
-    _one_error(rc, err, slc, "complex values are not dB", "sar.units")
+    one_error_line(rc, err, slc, "complex values are not dB", "sar.units")
 
 
 def test_uint16_scaled_db_with_scale_offset_tags_matches_the_float_db_file(
@@ -134,7 +130,7 @@ def test_uint16_scaled_db_without_tags_is_refused_naming_what_to_set(honest, tmp
     dn = np.clip(np.round((10 * np.log10(sar) + 30) * 100), 1, 65535).astype(np.uint16)
     untagged = write_raster(tmp_path / "db_u16.tif", dn)
     rc, _, err = _detect(capsys, Pair(pair.optical, untagged), tmp_path / "out")
-    _one_error(rc, err, untagged, "constant input", "sar.dn_to_db", "sar.units")
+    one_error_line(rc, err, untagged, "constant input", "sar.dn_to_db", "sar.units")
     assert not (tmp_path / "out").exists()
     # and with what the line says to set, it runs
     rc, _, err = _detect(

@@ -21,7 +21,12 @@ from pipeline.config import DetectConfig
 from pipeline.errors import InputError
 from pipeline.training.config import SceneSource
 from pipeline.training.data import IGNORE, load_scene_areas, read_pair
-from tests.reliability.support import pair_arrays, write_raster
+from tests.reliability.support import (
+    one_error_line,
+    pair_arrays,
+    run_main,
+    write_raster,
+)
 
 CFG = DetectConfig()
 H, W = 64, 240
@@ -122,19 +127,10 @@ def _train_args(scene, label, out) -> list[str]:
             "--no-progress", "--steps", "1", "--out", str(out)]  # fmt: skip
 
 
-def _one_error(rc: int, err: str, *needles: str) -> None:
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 def test_an_all_255_label_is_refused_not_trained_as_all_change(scene, tmp_path, capsys):
     path = write_raster(tmp_path / "all255.tif", np.full((1, H, W), 255, np.uint8))
     rc = main(_train_args(scene, path, tmp_path / "run"))
-    _one_error(rc, capsys.readouterr().err, path, "only 255")
+    one_error_line(rc, capsys.readouterr().err, path, "only 255")
     assert not (tmp_path / "run" / "last").exists()
 
 
@@ -143,13 +139,11 @@ def test_a_nan_label_is_one_line_naming_the_file(scene, tmp_path, capsys):
     lab[:, 30:40, 100:120] = np.nan
     path = write_raster(tmp_path / "nan.tif", lab)
     rc = main(_train_args(scene, path, tmp_path / "run"))
-    _one_error(rc, capsys.readouterr().err, path, "NaN", "nodata")
+    one_error_line(rc, capsys.readouterr().err, path, "NaN", "nodata")
 
 
 def _evaluate(capsys, *args: str) -> tuple[int, str, str]:
-    rc = main(["evaluate", *args])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
+    return run_main(capsys, ["evaluate", *args])
 
 
 def test_evaluate_places_a_shifted_label_by_georeference(scene, tmp_path, capsys):
@@ -169,4 +163,4 @@ def test_evaluate_refuses_a_probability_raster_given_as_pred(scene, tmp_path, ca
     prob = np.random.default_rng(0).uniform(0, 1, (1, H, W)).astype(np.float32)
     path = write_raster(tmp_path / "change_prob.tif", prob)
     rc, _, err = _evaluate(capsys, "--pred", path, "--label", scene["label"])
-    _one_error(rc, err, path, "--prob")
+    one_error_line(rc, err, path, "--prob")

@@ -17,7 +17,14 @@ import subprocess
 import pytest
 
 from flows.cli import main
-from tests.reliability.support import cli_env, detect_args, run_cli, write_pair
+from tests.reliability.support import (
+    cli_env,
+    detect_args,
+    one_error_line,
+    run_cli,
+    run_main,
+    write_pair,
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,32 +33,22 @@ def pair(tmp_path_factory):
 
 
 def _main(capsys, args: list[str]) -> tuple[int, str]:
-    rc = main(args)
-    return rc, capsys.readouterr().err
-
-
-def _one_error(rc: int, err: str, *needles: str) -> str:
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+    rc, _, err = run_main(capsys, args)
+    return rc, err
 
 
 def test_an_output_that_is_an_existing_file_is_refused_and_left_alone(pair, tmp_path, capsys):
     out = tmp_path / "products"
     out.write_text("my notes")
     rc, err = _main(capsys, detect_args(pair, out))
-    _one_error(rc, err, str(out), "exists and is not a directory")
+    one_error_line(rc, err, str(out), "exists and is not a directory")
     assert out.read_text() == "my notes"
 
 
 def test_an_output_under_a_file_names_the_file(pair, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     rc, err = _main(capsys, detect_args(pair, tmp_path / "file" / "out"))
-    _one_error(rc, err, str(tmp_path / "file" / "out"), f"{tmp_path / 'file'} is a file")
+    one_error_line(rc, err, str(tmp_path / "file" / "out"), f"{tmp_path / 'file'} is a file")
 
 
 def test_a_dangling_symlink_as_output_is_refused_without_creating_its_target(
@@ -59,7 +56,7 @@ def test_a_dangling_symlink_as_output_is_refused_without_creating_its_target(
 ):
     os.symlink(tmp_path / "gone", tmp_path / "out")
     rc, err = _main(capsys, detect_args(pair, tmp_path / "out"))
-    _one_error(rc, err, str(tmp_path / "out"), "symlink to a missing target")
+    one_error_line(rc, err, str(tmp_path / "out"), "symlink to a missing target")
     assert not (tmp_path / "gone").exists()
 
 
@@ -75,7 +72,7 @@ def test_a_read_only_output_directory_is_one_line_through_the_console_script(pai
     script = f"mount --bind -o ro '{ro}' '{ro}' && exec '{exe}' {args}"
     res = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=cli_env(),
                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    _one_error(res.returncode, res.stderr, str(ro / "out"), "not writable")
+    one_error_line(res.returncode, res.stderr, str(ro / "out"), "not writable")
     assert list(ro.iterdir()) == []
 
 
@@ -94,12 +91,12 @@ def test_no_s3_credentials_at_all_is_one_line_for_outputs_and_inputs(
     pair, tmp_path, capsys, no_credentials
 ):
     rc, err = _main(capsys, detect_args(pair, "s3://m2cd-bucket/out"))
-    _one_error(rc, err, "s3://m2cd-bucket/out", "no S3 credentials found", "AWS_ACCESS_KEY_ID")
+    one_error_line(rc, err, "s3://m2cd-bucket/out", "no S3 credentials found", "AWS_ACCESS_KEY_ID")
     from tests.reliability.support import Pair
 
     remote_input = Pair("s3://m2cd-bucket/optical.tif", pair.sar)
     rc, err = _main(capsys, detect_args(remote_input, tmp_path / "out"))
-    _one_error(rc, err, "s3://m2cd-bucket/optical.tif", "no S3 credentials found")
+    one_error_line(rc, err, "s3://m2cd-bucket/optical.tif", "no S3 credentials found")
     assert not (tmp_path / "out").exists()
 
 
@@ -119,7 +116,7 @@ def test_a_checkpoint_whose_json_does_not_fit_its_weights_is_refused_at_plan_tim
 ):
     args = [a for a in detect_args(pair, tmp_path / "out") if a not in ("--model", "tiny")]
     rc, err = _main(capsys, [*args, "--checkpoint", str(misfit_checkpoint)])
-    line = _one_error(rc, err, str(misfit_checkpoint / "weights.safetensors"), "do not fit")
+    line = one_error_line(rc, err, str(misfit_checkpoint / "weights.safetensors"), "do not fit")
     assert "decoder.convs.0.conv.weight" in line
     assert not (tmp_path / "out").exists()  # refused before any staging
 
@@ -133,20 +130,20 @@ def test_train_init_from_a_misfit_checkpoint_is_one_line(tmp_path, capsys, misfi
         "--device", "cpu", "--no-progress", "--steps", "1", "--init", str(misfit_checkpoint),
         "--out", str(tmp_path / "run"),
     ])  # fmt: skip
-    _one_error(rc, err, str(misfit_checkpoint), "do not fit")
+    one_error_line(rc, err, str(misfit_checkpoint), "do not fit")
 
 
 def test_synth_into_an_existing_file_is_one_line_and_the_file_is_kept(tmp_path, capsys):
     target = tmp_path / "scene"
     target.write_text("keep me")
     rc, err = _main(capsys, ["synth", "--out", str(target), "--size", "32", "32"])
-    _one_error(rc, err, str(target))
+    one_error_line(rc, err, str(target))
     assert target.read_text() == "keep me"
 
 
 def test_two_optical_bands_are_refused_at_plan_time_not_in_finalize(pair, tmp_path):
     res = run_cli(detect_args(pair, tmp_path / "out", "--set", "optical.bands=[1,2]"))
-    _one_error(res.returncode, res.stderr, pair.optical, "optical.bands [1, 2]", "3 band(s)")
+    one_error_line(res.returncode, res.stderr, pair.optical, "optical.bands [1, 2]", "3 band(s)")
     assert not (tmp_path / "out").exists()  # no staging: a rerun does not find a half run
 
 
