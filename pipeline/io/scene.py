@@ -35,6 +35,7 @@ from pipeline.io.normalize import (
     normalize_sar,
 )
 from pipeline.io.sources import (
+    ResolvedInput,
     acquired_from_tags,
     band_label,
     check_supported,
@@ -301,71 +302,87 @@ def open_scene(
             warnings.simplefilter("always", NotGeoreferencedWarning)
             storage.bound_gdal_cache()  # the dataset stays open for the sample reads
             src = rasterio.open(resolved.gdal_path)
-        with contextlib.ExitStack() as close_on_error:
-            close_on_error.callback(src.close)
-            header = {
-                "descriptions": tuple(src.descriptions),
-                "tags": dict(src.tags()),
-                "crs": src.crs,
-                "transform": src.transform,
-                "shape": (src.height, src.width),
-                "count": src.count,
-                "dtype": src.dtypes[0] if src.count else "uint8",
-                "nodata": src.nodata,
-                "block_shape": tuple(src.block_shapes[0]) if src.count else (1, 1),
-                "scales": tuple(src.scales),
-                "offsets": tuple(src.offsets),
-                "mask_flags": [tuple(f.name for f in flags) for flags in src.mask_flag_enums],
-                "alpha": [ci.name == "alpha" for ci in src.colorinterp],
-            }
-            close_on_error.pop_all()  # kept open: the scene's first reads in this thread use it
     except RasterioIOError as exc:
         raise InputError(uri, f"not a readable raster ({storage.redact(str(exc))})") from None
-    try:  # a refused header closes the dataset it kept open
-        h, w = header["shape"]
-        names = resolved.band_names or header["descriptions"]
-        if h == 0 or w == 0 or header["count"] == 0:
-            raise InputError(uri, f"zero-size raster ({h}×{w}, {header['count']} bands)")
-        if h * w > cfg.max_pixels:
-            raise InputError(
-                uri, f"{h}×{w} = {h * w} pixels exceeds max_pixels = {cfg.max_pixels} (see config)"
-            )
-        crs = header["crs"]
-        if crs is None or any(issubclass(w_.category, NotGeoreferencedWarning) for w_ in caught):
-            crs = None
-            warnings.warn(
-                f"{uri}: no CRS/georeferencing; using pixel coordinates, products will carry no CRS",
-                stacklevel=2,
-            )
-        section = cfg.optical if role == "optical" else cfg.sar
-        nodata = section.nodata if section.nodata is not None else header["nodata"]
-        nodata = None if nodata is None else float(nodata)
-        count = _data_band_count(uri, header["alpha"])
-        bands = _select_bands(uri, role, count, cfg)
-        file_dtype = _dtype_name(header["dtype"])
-        decoding = _header_decoding(uri, role, header, bands, file_dtype, nodata, cfg)
-        scene = Scene(
-            uri=uri,
-            role=role,
-            crs=crs,
-            transform=header["transform"],
-            shape=(h, w),
-            count=count,
-            dtype=decoding.decoded_dtype(file_dtype),
-            nodata=decoding.decoded_nodata(nodata),
-            bands=bands,
-            block_shape=header["block_shape"],
-            gdal_source=resolved.gdal_path,
-            band_names=tuple(names),
-            acquired=resolved.acquired or acquired_from_tags(header["tags"]),
-            decoding=decoding,
+    with contextlib.ExitStack() as close_on_error:  # a refused file does not stay open
+        close_on_error.callback(src.close)
+        georeferenced = not any(issubclass(w.category, NotGeoreferencedWarning) for w in caught)
+        scene = _scene_from_header(uri, role, resolved, _read_header(uri, src), georeferenced, cfg)
+        scene.datasets.adopt(src)  # the planning thread opens each file once: header and sample
+        _decide_from_sample(scene, cfg, check)
+        close_on_error.pop_all()
+    return scene
+
+
+def _read_header(uri: str, src: Any) -> dict[str, Any]:
+    """What `open_scene` needs of an open dataset's header, as plain values."""
+    try:
+        return {
+            "descriptions": tuple(src.descriptions),
+            "tags": dict(src.tags()),
+            "crs": src.crs,
+            "transform": src.transform,
+            "shape": (src.height, src.width),
+            "count": src.count,
+            "dtype": src.dtypes[0] if src.count else "uint8",
+            "nodata": src.nodata,
+            "block_shape": tuple(src.block_shapes[0]) if src.count else (1, 1),
+            "scales": tuple(src.scales),
+            "offsets": tuple(src.offsets),
+            "mask_flags": [tuple(f.name for f in flags) for flags in src.mask_flag_enums],
+            "alpha": [ci.name == "alpha" for ci in src.colorinterp],
+        }
+    except RasterioIOError as exc:
+        raise InputError(uri, f"not a readable raster ({storage.redact(str(exc))})") from None
+
+
+def _scene_from_header(
+    uri: str,
+    role: Role,
+    resolved: ResolvedInput,
+    header: dict[str, Any],
+    georeferenced: bool,
+    cfg: DetectConfig,
+) -> Scene:
+    """The scene a checked header describes (size, CRS, nodata, bands, decoding rules)."""
+    h, w = header["shape"]
+    names = resolved.band_names or header["descriptions"]
+    if h == 0 or w == 0 or header["count"] == 0:
+        raise InputError(uri, f"zero-size raster ({h}×{w}, {header['count']} bands)")
+    if h * w > cfg.max_pixels:
+        raise InputError(
+            uri, f"{h}×{w} = {h * w} pixels exceeds max_pixels = {cfg.max_pixels} (see config)"
         )
-    except BaseException:
-        src.close()
-        raise
-    scene.datasets.adopt(src)
+    crs = header["crs"] if georeferenced else None
+    if crs is None:
+        warnings.warn(
+            f"{uri}: no CRS/georeferencing; using pixel coordinates, products will carry no CRS",
+            stacklevel=3,  # the caller of open_scene
+        )
+    section = cfg.optical if role == "optical" else cfg.sar
+    nodata = section.nodata if section.nodata is not None else header["nodata"]
+    nodata = None if nodata is None else float(nodata)
+    count = _data_band_count(uri, header["alpha"])
+    bands = _select_bands(uri, role, count, cfg)
+    file_dtype = _dtype_name(header["dtype"])
+    decoding = _header_decoding(uri, role, header, bands, file_dtype, nodata, cfg)
+    scene = Scene(
+        uri=uri,
+        role=role,
+        crs=crs,
+        transform=header["transform"],
+        shape=(h, w),
+        count=count,
+        dtype=decoding.decoded_dtype(file_dtype),
+        nodata=decoding.decoded_nodata(nodata),
+        bands=bands,
+        block_shape=header["block_shape"],
+        gdal_source=resolved.gdal_path,
+        band_names=tuple(names),
+        acquired=resolved.acquired or acquired_from_tags(header["tags"]),
+        decoding=decoding,
+    )
     _check_fill(scene, file_dtype, nodata)
-    _decide_from_sample(scene, cfg, check)
     return scene
 
 
