@@ -30,3 +30,8 @@ class OutputExistsError(M2CDError):
 class OutputError(M2CDError):
     """The output location cannot take the products (disk full, quota, read-only); finished blocks
     are kept, so the same command resumes once the problem is fixed."""
+
+
+class NoCRSWarning(UserWarning):
+    """A raster without CRS/georeferencing, read in pixel coordinates. A category of its own so a
+    chip dataset of plain images (OMBRIA: 1,388 PNGs) says it once, not once per file."""

@@ -23,7 +23,7 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from pipeline.config import DetectConfig
-from pipeline.errors import InputError
+from pipeline.errors import InputError, NoCRSWarning
 from pipeline.geometry import PixelBox
 from pipeline.io import storage
 from pipeline.io.decode import CLIPPED_MAX, Decoding, clipped_fraction, float_optical_divisor
@@ -357,6 +357,7 @@ def _scene_from_header(
     if crs is None:
         warnings.warn(
             f"{uri}: no CRS/georeferencing; using pixel coordinates, products will carry no CRS",
+            NoCRSWarning,
             stacklevel=3,  # the caller of open_scene
         )
     section = cfg.optical if role == "optical" else cfg.sar

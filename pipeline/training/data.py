@@ -14,6 +14,7 @@ once per label file (scene sources) or per split (folders, chips), never per win
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pipeline.config import DetectConfig
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, InputError, NoCRSWarning
 from pipeline.geometry import PixelBox
 from pipeline.io.bands import resolve_bands
 from pipeline.io.grid import align_pair
@@ -281,9 +282,22 @@ def load_chip_triples(
     labels = [str(lab) for _, _, _, lab in triples]
     enc = split_encoding(labels, source) if encoding == "auto" else encoding
     out = []
-    for chip_id, opt_p, sar_p, lab_p in triples:
-        opt, sar, valid, grid = read_pair(str(opt_p), str(sar_p), cfg, None, channels)
-        out.append(assemble(opt, sar, valid, read_label(str(lab_p), grid, None, enc), chip_id))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NoCRSWarning)
+        for chip_id, opt_p, sar_p, lab_p in triples:
+            opt, sar, valid, grid = read_pair(str(opt_p), str(sar_p), cfg, None, channels)
+            out.append(assemble(opt, sar, valid, read_label(str(lab_p), grid, None, enc), chip_id))
+    plain = [w for w in caught if issubclass(w.category, NoCRSWarning)]
+    for w in caught:  # anything else is said as it was
+        if w not in plain:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if plain:
+        warnings.warn(
+            f"{source}: {len(plain)} chip files of {len(triples)} chips have no "
+            "CRS/georeferencing; they are read in pixel coordinates",
+            NoCRSWarning,
+            stacklevel=2,
+        )
     return out
 
 

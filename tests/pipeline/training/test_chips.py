@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import DetectConfig
-from pipeline.errors import InputError
+from pipeline.errors import InputError, NoCRSWarning
 from pipeline.io.normalize import sar_to_db
 from pipeline.training.config import ChipSource, load_train_config
 from pipeline.training.data import (
@@ -117,3 +117,19 @@ def test_db_stored_as_8_bit_dn_is_unstretched():
     sar = load_train_config("ombria").detect.sar
     db = sar_to_db(np.array([0, 255], np.uint8), "db", sar)
     assert np.allclose(db, [-25.0, 0.0], atol=1e-3)
+
+
+def test_plain_image_chips_say_no_crs_once_for_the_dataset(tmp_path):
+    """OMBRIA's 1,388 PNGs once printed one no-CRS warning each; a dataset says it once."""
+    _fake_dataset(tmp_path / "train", [f"{k:02d}" for k in range(6)])
+    src = ChipSource(
+        root=str(tmp_path),
+        optical="{split}/pre/{id}.png",
+        sar="{split}/post/{id}_sar.png",
+        label="{split}/masks/{id}_mask.png",
+    )
+    with pytest.warns(NoCRSWarning) as record:
+        areas = load_chip_split(src, "train", DetectConfig())
+    assert len(areas) == 6
+    said = [str(w.message) for w in record if issubclass(w.category, NoCRSWarning)]
+    assert len(said) == 1 and str(tmp_path) in said[0] and "of 6 chips" in said[0]
