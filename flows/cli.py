@@ -13,7 +13,7 @@ import warnings
 import click
 import typer
 
-from flows import labels, serve
+from flows import labels, overhead, serve
 from flows.faults import is_transient, permanent_os_error
 from pipeline.cli import CONTEXT
 from pipeline.cli import build_app as build_pixel_app
@@ -36,6 +36,8 @@ def build_app() -> typer.Typer:
     """The full `m2cd` app: every pixel command plus `serve` and `labels push`."""
     app = build_pixel_app()
     app.command("serve")(serve.serve_command)
+    bench_app = next(g.typer_instance for g in app.registered_groups if g.name == "bench")
+    bench_app.command("serve")(overhead.bench_serve)  # needs Prefect: registered here
     labels_app = typer.Typer(
         help="Training labels: publish new labels and trigger retraining.",
         context_settings=CONTEXT,

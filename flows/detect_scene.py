@@ -29,7 +29,13 @@ from prefect.exceptions import MissingContextError
 from prefect.futures import as_completed
 
 from flows.faults import is_transient, retry_transient
-from flows.runner import annotate_resources, block_resources, choose_runner, task_runner
+from flows.runner import (
+    annotate_resources,
+    block_resources,
+    choose_runner,
+    pin_worker_gpu,
+    task_runner,
+)
 from m2cd.pretrained import DEFAULT_MODEL, shipped_checkpoint, shipped_models
 from pipeline.config import load_detect_config
 from pipeline.engine.block import pending_blocks, run_block
@@ -97,6 +103,7 @@ def plan_task(request: Any) -> Any:
 def block_task(plan: Any, block_id: int) -> Any:
     """Infer and write one block (idempotent: returns at once when already marked done)."""
 
+    pin_worker_gpu()
     return run_block(plan, block_id)
 
 

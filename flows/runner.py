@@ -105,3 +105,34 @@ def annotate_resources(resources: dict[str, int] | None) -> Iterator[None]:
 
     with dask.annotate(resources=resources):
         yield
+
+
+def worker_gpu_index(worker_name: object, visible_gpus: int) -> int | None:
+    """The GPU a temporary cluster's worker uses: its index (LocalCluster names workers 0..n-1).
+
+    Every worker of a LocalCluster sees every GPU, and "cuda" would put all of them on GPU 0;
+    workers started one per GPU with CUDA_VISIBLE_DEVICES (`m2cd serve`, docs/OPERATIONS.md) see
+    one GPU and need nothing. None: leave the device as it is.
+    """
+    if visible_gpus <= 1:
+        return None
+    try:
+        return int(str(worker_name)) % visible_gpus
+    except ValueError:
+        return None
+
+
+def pin_worker_gpu() -> None:
+    """Set this Dask worker's current CUDA device by `worker_gpu_index` (no-op elsewhere)."""
+    if not torch.cuda.is_available():
+        return
+    # deferred: distributed (+1.5 s) is only imported on a Dask worker, where it is loaded already
+    from distributed import get_worker
+
+    try:
+        name = get_worker().name
+    except ValueError:  # not on a worker (the embedded default runs blocks in-process)
+        return
+    index = worker_gpu_index(name, torch.cuda.device_count())
+    if index is not None:
+        torch.cuda.set_device(index)

@@ -1,9 +1,11 @@
 """`m2cd serve`: a local Prefect server (SQLite) plus the served deployments, in the foreground.
 
-Two child processes: `prefect server start` and a runner (`python -m flows.deployments`) serving
-`detect-scene/local`, `monitor-region/<region>` (cron) and `retrain/local` (event trigger). On SIGTERM
-or SIGINT the runner is stopped first and the server last: a runner whose server is gone hangs in
-shutdown. Each child gets its own PREFECT_HOME (default ~/.m2cd/prefect) so nothing touches the
+Child processes: `prefect server start`, a long-lived Dask cluster (`flows.cluster`: the
+scheduler and its workers, which keep the model loaded between runs) and a runner
+(`python -m flows.deployments`) serving `detect-scene/local`, `monitor-region/<region>` (cron) and
+`retrain/local` (event trigger), which finds the cluster through $M2CD_DASK_ADDRESS. On SIGTERM or
+SIGINT the runner is stopped first, then the cluster, the server last: a runner whose server is
+gone hangs in shutdown. Each child gets its own PREFECT_HOME (default ~/.m2cd/prefect) so nothing touches the
 user's ~/.prefect.
 """
 
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import typer
 
+from flows.cluster import ServedCluster, start_cluster, stop_cluster
+from flows.runner import ADDRESS_ENV
 from pipeline.errors import M2CDError
 
 
@@ -40,7 +44,7 @@ def server_env(
     env.update(
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_RUNNER_POLL_FREQUENCY=env.get("PREFECT_RUNNER_POLL_FREQUENCY", "5"),
+        PREFECT_RUNNER_POLL_FREQUENCY=env.get("PREFECT_RUNNER_POLL_FREQUENCY", "2"),
     )
     if api_url:
         env["PREFECT_API_URL"] = api_url
@@ -104,6 +108,11 @@ def serve_command(
         [], help="Region configs to monitor (names in configs/regions/ or paths); default: all."
     ),
     startup_timeout: float = typer.Option(120, help="Seconds to wait for the server."),
+    cluster: bool = typer.Option(
+        True,
+        help="Keep one Dask cluster for every run (else each run starts its own; "
+        "ignored when $M2CD_DASK_ADDRESS names one).",
+    ),
 ) -> None:
     """Run a local Prefect server and serve the m2cd deployments until SIGTERM/SIGINT."""
     home.mkdir(parents=True, exist_ok=True)
@@ -112,6 +121,7 @@ def serve_command(
     server_cmd += ["--host", host, "--port", str(port), "--analytics-off"]
     runner_cmd = [sys.executable, "-m", "flows.deployments", *(f"--region={r}" for r in region)]
     server = runner = None
+    dask: ServedCluster | None = None
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with open(home / "server.log", "ab") as log:
@@ -126,7 +136,12 @@ def serve_command(
         wait_healthy(api_url, server, startup_timeout)
         print(f"prefect server healthy: {api_url} (UI http://{host}:{port})", flush=True)
         print(f"  export PREFECT_API_URL={api_url}", flush=True)
-        runner = subprocess.Popen(runner_cmd, env=server_env(home, api_url), start_new_session=True)
+        runner_env = server_env(home, api_url)
+        if cluster and not runner_env.get(ADDRESS_ENV):
+            dask = start_cluster(home, runner_env, startup_timeout)
+            print(f"{dask.describe()} (log {home / 'dask.log'})", flush=True)
+            runner_env[ADDRESS_ENV] = dask.address
+        runner = subprocess.Popen(runner_cmd, env=runner_env, start_new_session=True)
         while True:
             if server.poll() is not None:
                 raise ServeError(f"prefect server exited with code {server.returncode}")
@@ -139,6 +154,9 @@ def serve_command(
         for s in previous:  # a second Ctrl-C must not break the shutdown order
             signal.signal(s, signal.SIG_IGN)
         stop(runner, "runner")
+        if dask is not None:
+            print("stopping dask cluster", flush=True)
+            stop_cluster(dask)
         stop(server, "prefect server")
         for s, handler in previous.items():
             signal.signal(s, handler)

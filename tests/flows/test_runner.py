@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from flows.runner import ADDRESS_ENV, block_resources, choose_runner, task_runner
+from flows.runner import (
+    ADDRESS_ENV,
+    block_resources,
+    choose_runner,
+    task_runner,
+    worker_gpu_index,
+)
 
 
 def test_address_parameter_wins_over_environment(monkeypatch):
@@ -36,3 +42,11 @@ def test_blocks_ask_for_a_gpu_only_when_the_cluster_has_one(resources, expected)
         Client(cluster) as client,
     ):
         assert block_resources(client) == expected
+
+
+def test_temporary_cluster_workers_spread_over_the_gpus():
+    """LocalCluster workers (named 0..n-1) each see every GPU: worker k takes GPU k, not all GPU 0;
+    a worker that sees one GPU (CUDA_VISIBLE_DEVICES) or has another name is left alone."""
+    assert [worker_gpu_index(k, 2) for k in (0, 1, 2, 3)] == [0, 1, 0, 1]
+    assert worker_gpu_index("1", 4) == 1
+    assert worker_gpu_index(0, 1) is None and worker_gpu_index("gpu-0", 2) is None
