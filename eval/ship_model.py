@@ -55,14 +55,20 @@ def _fit(probs: list[np.ndarray], areas: list[LabelledArea]) -> float:
 def main(
     run: Annotated[Path, typer.Option(help="Training run directory (configs/train/ombria.yaml).")],
     name: Annotated[str, typer.Option(help="Folder name under m2cd/weights/.")] = "ombria_mit_b0",
-    recipe: Annotated[str, typer.Option(help="The recipe the run used.")] = "ombria",
+    recipe: Annotated[
+        str, typer.Option(help="The recipe's name, for the card (the run's own config is read).")
+    ] = "ombria",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write here instead of m2cd/weights/<name> (to compare runs)."),
+    ] = None,
     command: Annotated[str, typer.Option(help="The exact training command, for the card.")] = "",
     tta: Annotated[
         bool, typer.Option(help="Also try 8-view TTA for each stage (8× slower).")
     ] = True,
 ) -> None:
     """Select on validation, fit the threshold, write the fp16 checkpoint and print the choice."""
-    cfg = load_train_config(recipe)
+    cfg = load_train_config(json.loads((run / "train_config.json").read_text()))
     train, val = load_areas(cfg.data, cfg.detect, recipe_channels(cfg))
     candidates = {s.name: (run / "stages" / s.name / "best") for s in cfg.stages[:-1]}
     candidates[cfg.stages[-1].name] = run / "best"
@@ -109,7 +115,7 @@ def main(
             "normalisation": cfg.detect.model_dump(mode="json"),
         },
     }
-    out = WEIGHTS / name
+    out = out or WEIGHTS / name
     m2cd.save_checkpoint(model, out, provenance, dtype=torch.float16)
     # the probe is computed on the fp16 weights as they load, which is what users get
     update_provenance(
