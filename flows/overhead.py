@@ -44,6 +44,7 @@ def _served_runs(
     work: Path, env: dict[str, str], scene: Any, repeats: int, cluster: bool
 ) -> list[float]:
     """Start `m2cd serve`, wait for its deployments, time ``repeats`` deployment runs."""
+    # deferred: the Prefect client (+1 s) only when the bench runs, not for `m2cd --help`
     from prefect.client.orchestration import SyncPrefectClient
 
     port = _free_port()

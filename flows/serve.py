@@ -21,8 +21,6 @@ from pathlib import Path
 
 import typer
 
-from flows.cluster import ServedCluster, start_cluster, stop_cluster
-from flows.runner import ADDRESS_ENV
 from pipeline.errors import M2CDError
 
 
@@ -121,6 +119,10 @@ def serve_command(
     server_cmd += ["--host", host, "--port", str(port), "--analytics-off"]
     runner_cmd = [sys.executable, "-m", "flows.deployments", *(f"--region={r}" for r in region)]
     server = runner = None
+    # deferred: flows.cluster pulls torch and dask (flows.runner); `m2cd --help` loads neither
+    from flows.cluster import ServedCluster, start_cluster, stop_cluster
+    from flows.runner import ADDRESS_ENV
+
     dask: ServedCluster | None = None
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
