@@ -306,7 +306,8 @@ def ablation(
     if results.exists():
         done = {json.loads(line)["run"] for line in results.read_text().splitlines() if line}
     base = load_train_config("ombria", {"data.chips.root": root, "progress": False})
-    cache: dict[tuple[int, int], Any] = {}
+    cache: dict[tuple[int, int], Any] = {}  # (train, val) areas per band counts, read once
+    tests: dict[tuple[int, int], list[LabelledArea]] = {}  # the test chips, likewise
     for bb in backbone:
         for name in row:
             for s in seed:
@@ -329,7 +330,9 @@ def ablation(
                 wall = time.perf_counter() - t0
                 provenance = json.loads((result.best / "checkpoint.json").read_text())["provenance"]
                 threshold = float(provenance.get("threshold") or 0.5)
-                test = load_split(root, "test", cfg.detect, channels)
+                if channels not in tests:
+                    tests[channels] = load_split(root, "test", cfg.detect, channels)
+                test = tests[channels]
                 probs = predict_areas(result.best, test, tta=False)
                 record = {
                     "run": run,
