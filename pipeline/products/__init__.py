@@ -2,7 +2,7 @@
 
 `write_products` makes one chunk-by-chunk pass over the store that feeds the two COG writers and the
 polygon builder at once, then builds the COGs' overviews (copied into the store's `overviews/` group
-too), the quicklooks and the STAC Item. Everything
+too), the quicklooks (their scene reads run on a thread beside the chunk pass) and the STAC Item. Everything
 is built in a work directory (inside `out_prefix` when it is local, so the final moves are atomic
 renames; a system temp dir for `s3://`, then one upload per file) and published only once complete.
 """
@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import rasterio
@@ -26,13 +27,20 @@ from rasterio.errors import RasterioError
 
 from pipeline.config import ProductConfig
 from pipeline.io.storage import bound_gdal_cache, is_remote, join, put_file_atomic
-from pipeline.products.cog import GDAL_ENV, MASK_LAYER, PROBABILITY_LAYER, TiledWriter, to_cog
+from pipeline.products.cog import (
+    GDAL_ENV,
+    MASK_LAYER,
+    PROBABILITY_LAYER,
+    TiledWriter,
+    plain_image_ok,
+    to_cog,
+)
 from pipeline.products.diagnostics import FILES as ROUTING_FILES
 from pipeline.products.diagnostics import RoutingBlock, write_routing_cogs
 from pipeline.products.metadata import ProductMetadata, redact_uri
 from pipeline.products.overviews import write_overviews
 from pipeline.products.polygons import Part, PolygonBuilder, PolygonWriter
-from pipeline.products.quicklook import write_quicklooks
+from pipeline.products.quicklook import read_quicklook_sources, write_quicklooks
 from pipeline.products.source import check_layout, iter_blocks, open_store
 from pipeline.products.stac import ChangeSummary, build_item, write_item
 from pipeline.products.vectors import FlatGeobufSink, GeoJSONSink, GeoParquetSink
@@ -141,7 +149,17 @@ def write_products(
         wanted.update(ROUTING_FILES)
     files = {key: name for key, name in PRODUCT_FILES.items() if key in wanted}
     bound_gdal_cache()  # peak RSS is the same for a 4096² and a 16384² scene
-    with _workdir(out_prefix) as tmp, rasterio.Env(**GDAL_ENV):
+    with (
+        _workdir(out_prefix) as tmp,
+        rasterio.Env(**GDAL_ENV),
+        plain_image_ok(meta),  # here, for the reader thread too: warning filters are global
+        ThreadPoolExecutor(1, thread_name_prefix="m2cd-quicklook") as reader,
+    ):
+        # The quick-looks' scene reads (0.9 s optical + 0.3 s SAR at 4096²) need no product: they
+        # run beside the chunk pass and the COG copies, mostly in GDAL and zlib with the GIL
+        # released; finalize 2.85 → 2.24 s (median of 5, 2 cores), products byte-identical.
+        # An InputError they raise surfaces at .result().
+        sources = reader.submit(read_quicklook_sources, meta, cfg)
         prob_tiled, mask_tiled = tmp / "prob.tiled.tif", tmp / "mask.tiled.tif"
         mmu = cfg.min_mapping_unit_px
         with contextlib.ExitStack() as stack:
@@ -188,9 +206,8 @@ def write_products(
         mask_tiled.unlink()
         cogs = {"probability": tmp / files["probability"], "mask": tmp / files["mask"]}
         write_overviews(store_uri, cogs, meta.crs, chunks)
-        write_quicklooks(
-            meta, cfg, tmp / files["mask"], tmp / files["quicklook"], tmp / files["quicklook_panel"]
-        )
+        quicklooks = (tmp / files["quicklook"], tmp / files["quicklook_panel"])
+        write_quicklooks(meta, cfg, tmp / files["mask"], *quicklooks, sources.result())
         if cfg.diagnostics and routing:
             dst = {key: tmp / files[key] for key in ROUTING_FILES}
             write_routing_cogs(routing, dst, meta, cfg.cog_blocksize, cfg.cog_deflate_level)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -210,19 +211,50 @@ def _save(image: np.ndarray, dst: Path) -> None:
     Image.fromarray(image).save(dst, format="PNG", compress_level=1)
 
 
+@dataclass(frozen=True)
+class QuicklookSources:
+    """The decimated scene reads a quick-look needs, apart from the mask: read before the mask
+    exists, so `write_products` overlaps them with its chunk pass (`read_quicklook_sources`)."""
+
+    rgb: np.ndarray  # 3×h×w float32, 0..255
+    valid: np.ndarray  # h×w bool
+    sar: np.ndarray | None  # h×w float32 grey, NaN nodata; None when unreadable
+
+
+def read_quicklook_sources(meta: ProductMetadata, cfg: ProductConfig) -> QuicklookSources:
+    """Read the optical RGB and the SAR grey at the quick-look size.
+
+    Thread-safe apart from warnings: the caller holds `plain_image_ok(meta)` on its own thread
+    (`warnings.catch_warnings` swaps process-wide state and must not be entered per thread).
+    """
+    out_shape = quicklook_shape(meta.shape, cfg.quicklook_max_size)
+    rgb, valid = read_optical_rgb(meta, out_shape, cfg.quicklook_rgb)
+    return QuicklookSources(rgb, valid, read_sar_grey(meta, out_shape))
+
+
 def write_quicklooks(
-    meta: ProductMetadata, cfg: ProductConfig, mask_cog: Path, dst: Path, panel_dst: Path
+    meta: ProductMetadata,
+    cfg: ProductConfig,
+    mask_cog: Path,
+    dst: Path,
+    panel_dst: Path,
+    sources: QuicklookSources | None = None,
 ) -> tuple[Path, Path]:
-    """Write `quicklook.png` and `quicklook_panel.png`; the maps keep the scene's aspect ratio."""
+    """Write `quicklook.png` and `quicklook_panel.png`; the maps keep the scene's aspect ratio.
+
+    `sources` are read here when not given.
+    """
     out_shape = quicklook_shape(meta.shape, cfg.quicklook_max_size)
     with plain_image_ok(meta):
-        rgb, valid = read_optical_rgb(meta, out_shape, cfg.quicklook_rgb)
+        if sources is None:
+            sources = read_quicklook_sources(meta, cfg)
+        rgb, valid = sources.rgb, sources.valid
         mask = read_mask(mask_cog, out_shape)
         change = compose(rgb, valid, mask)
         legend = Legend.for_run(meta, out_shape)
         _save(draw_legend(change, legend), dst)
         pre = compose(rgb, valid, np.where(mask == 255, 255, 0).astype(np.uint8))
-        sar = read_sar_grey(meta, out_shape)
-        post = _grey_rgb(np.full(out_shape, np.nan, np.float32) if sar is None else sar)
+        grey = np.full(out_shape, np.nan, np.float32) if sources.sar is None else sources.sar
+        post = _grey_rgb(grey)
         _save(draw_legend(panel(pre, post, change), legend, titles=True), panel_dst)
     return dst, panel_dst
