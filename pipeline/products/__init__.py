@@ -2,8 +2,8 @@
 
 `write_products` makes one chunk-by-chunk pass over the store that feeds the two COG writers and the
 polygon builder at once, then builds the COGs' overviews (copied into the store's `overviews/` group
-too), the quicklooks (their scene reads run on a thread beside the chunk pass) and the STAC Item. Everything
-is built in a work directory (inside `out_prefix` when it is local, so the final moves are atomic
+too), the quicklooks (their scene reads run on a thread beside the chunk pass) and the STAC Item.
+Everything is built in a work directory (inside `out_prefix` when it is local, so the final moves are atomic
 renames; a system temp dir for `s3://`, then one upload per file) and published only once complete.
 """
 

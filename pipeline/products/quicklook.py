@@ -238,16 +238,11 @@ def write_quicklooks(
     mask_cog: Path,
     dst: Path,
     panel_dst: Path,
-    sources: QuicklookSources | None = None,
+    sources: QuicklookSources,
 ) -> tuple[Path, Path]:
-    """Write `quicklook.png` and `quicklook_panel.png`; the maps keep the scene's aspect ratio.
-
-    `sources` are read here when not given.
-    """
+    """Write `quicklook.png` and `quicklook_panel.png`; the maps keep the scene's aspect ratio."""
     out_shape = quicklook_shape(meta.shape, cfg.quicklook_max_size)
     with plain_image_ok(meta):
-        if sources is None:
-            sources = read_quicklook_sources(meta, cfg)
         rgb, valid = sources.rgb, sources.valid
         mask = read_mask(mask_cog, out_shape)
         change = compose(rgb, valid, mask)

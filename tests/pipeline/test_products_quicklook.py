@@ -16,9 +16,9 @@ from pipeline.products.legend import NO_SCALE_NOTE, scale_bar, scene_pixel_metre
 from pipeline.products.quicklook import (
     compose,
     quicklook_shape,
+    read_quicklook_sources,
     rgb_bands,
     stretch,
-    write_quicklooks,
 )
 from tests.pipeline.products_support import (
     CROSSING,
@@ -108,9 +108,7 @@ def test_compose_marks_invalid_optical_as_nodata() -> None:
 def test_unreadable_optical_is_an_input_error(run: dict, tmp_path: Path) -> None:
     meta = run["meta"].model_copy(update={"optical_uri": str(tmp_path / "gone.tif")})
     with pytest.raises(InputError, match="gone.tif"):
-        write_quicklooks(
-            meta, ProductConfig(), Path(run["out"]["mask"]), tmp_path / "q.png", tmp_path / "p.png"
-        )
+        read_quicklook_sources(meta, ProductConfig())
 
 
 def _stack(
