@@ -2,9 +2,9 @@
 
 `quicklook.png`: the optical scene in natural colour with the change overlaid in red and nodata grey,
 above a legend strip (classes, dates, scale bar). `quicklook_panel.png`: pre (optical) | post (SAR,
-dB grey) | change, side by side above the same strip. Every input is read decimated (rasterio
-`out_shape`, or a WarpedVRT for a SAR scene on another grid), so GDAL serves overviews where they
-exist (always for our mask COG) and never materialises the full scene.
+dB grey) | change, side by side above the same strip. Every input is read decimated, never as a
+whole scene: box means over source windows (`pipeline.products.decimate`; GDAL's overviews where
+the file has them, always for our mask COG), or a WarpedVRT for a SAR scene on another grid.
 
 Natural colour is chosen for the eye, not the model (`optical.bands` feeds the model): see
 `rgb_bands` for the rule, and `products.quicklook_rgb` to override it.
@@ -26,9 +26,11 @@ from rasterio.vrt import WarpedVRT
 
 from pipeline.config import ProductConfig, SarConfig
 from pipeline.errors import InputError
-from pipeline.io.normalize import infer_sar_units, sar_to_db
+from pipeline.io.grid import GridInfo, same_grid
+from pipeline.io.normalize import band_valid, infer_sar_units, sar_to_db
 from pipeline.io.storage import gdal_env, gdal_path
 from pipeline.products.cog import MASK_COLORS, plain_image_ok
+from pipeline.products.decimate import read_box_mean
 from pipeline.products.legend import Legend, draw_legend
 from pipeline.products.metadata import ProductMetadata
 
@@ -123,16 +125,10 @@ def read_optical_rgb(
             if bad:
                 raise InputError(uri, f"products.quicklook_rgb {bad} not in 1..{src.count}")
             log.info("%s: quick-look RGB = bands %s (%s)", uri, bands, why)
-            data = src.read(
-                bands,
-                out_shape=(len(bands), *out_shape),
-                resampling=Resampling.average,
-                masked=True,
-            )
+            nodata = src.nodata
+            raw, valid = read_box_mean(src, bands, out_shape, lambda x: band_valid(x, nodata))
     except RasterioIOError as exc:
         raise InputError(uri, f"cannot read the optical scene for the quicklook ({exc})") from None
-    valid = ~np.ma.getmaskarray(data).any(axis=0) & np.isfinite(data.filled(0)).all(axis=0)
-    raw = data.filled(0)
     rgb = np.stack([stretch(b, valid) for b in raw])
     if rgb.shape[0] == 1:
         rgb = np.repeat(rgb, 3, axis=0)
@@ -148,29 +144,50 @@ def read_sar_grey(meta: ProductMetadata, out_shape: tuple[int, int]) -> np.ndarr
     """
     uri = meta.sar_uri
     path = meta.sar_gdal_path or gdal_path(uri)
-    h, w = out_shape
     try:
         with gdal_env(path), rasterio.open(path) as src:
-            if meta.crs is not None and src.crs is not None:
-                height, width = meta.shape
-                scaled = meta.affine @ rasterio.Affine.scale(width / w, height / h)
-                with WarpedVRT(
-                    src,
-                    crs=rasterio.crs.CRS.from_wkt(meta.crs),
-                    transform=scaled,
-                    width=w,
-                    height=h,
-                    resampling=Resampling.average,
-                ) as vrt:
-                    data = vrt.read(1, masked=True)
+            dtype, nodata = src.dtypes[0], src.nodata
+            if meta.crs is not None and src.crs is not None and not same_grid(src, _grid(meta)):
+                raw, valid = _read_warped(src, meta, out_shape)
             else:
-                data = src.read(1, out_shape=out_shape, resampling=Resampling.average, masked=True)
-            dtype = src.dtypes[0]
+                # SAR exact zeros are fill even beside another nodata value (the engine's rule)
+                mean, valid = read_box_mean(
+                    src, [1], out_shape, lambda x: band_valid(x, nodata) & (x[0] != 0)
+                )
+                raw = mean[0]
     except RasterioIOError as exc:
         log.warning("%s: cannot read the SAR scene, the panel shows it as nodata (%s)", uri, exc)
         return None
-    raw = data.filled(np.nan if np.dtype(dtype).kind == "f" else 0).astype(np.float32)
-    valid = ~np.ma.getmaskarray(data) & np.isfinite(raw) & (raw != 0)
+    return _grey(raw, valid, dtype)
+
+
+def _grid(meta: ProductMetadata) -> GridInfo:
+    crs = rasterio.crs.CRS.from_wkt(meta.crs) if meta.crs else None
+    return GridInfo(crs=crs, transform=meta.affine, shape=meta.shape)
+
+
+def _read_warped(
+    src: rasterio.io.DatasetReader, meta: ProductMetadata, out_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A SAR scene on another grid, warped (average) straight to the quick-look's grid."""
+    h, w = out_shape
+    height, width = meta.shape
+    scaled = meta.affine @ rasterio.Affine.scale(width / w, height / h)
+    with WarpedVRT(
+        src,
+        crs=rasterio.crs.CRS.from_wkt(meta.crs),
+        transform=scaled,
+        width=w,
+        height=h,
+        resampling=Resampling.average,
+    ) as vrt:
+        data = vrt.read(1, masked=True)
+    raw = data.filled(np.nan if np.dtype(src.dtypes[0]).kind == "f" else 0).astype(np.float32)
+    return raw, ~np.ma.getmaskarray(data) & np.isfinite(raw) & (raw != 0)
+
+
+def _grey(raw: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
+    """SAR values (h×w) in dB, stretched to grey; NaN where not valid."""
     db = sar_to_db(raw, infer_sar_units(raw[valid], dtype), SarConfig(), dtype)
     grey = stretch(db, valid & np.isfinite(db))
     grey[~(valid & np.isfinite(db))] = np.nan
