@@ -53,7 +53,8 @@ def read_box_mean(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(bands×h×w float32 mean over each box's valid pixels, h×w bool: the box had one).
 
-    A pixel counts when GDAL's mask keeps it in every band and `valid` accepts it.
+    A pixel counts when `valid` accepts it (it must check the nodata value itself) and, for a
+    file with a mask band or an alpha band, GDAL's mask keeps it in every band.
     A file with overviews is read by GDAL from the nearest one (average resampling, the mask
     from its nodata), since decoding the full resolution would read it all again.
     """
@@ -75,7 +76,7 @@ def read_box_mean(
     )
     wide = np.int64 if np.dtype(src.dtypes[bands[0] - 1]).kind in "iub" else np.float64
     mean = np.zeros((len(bands), h, w), np.float32)
-    count = np.zeros((h, w), np.int64)
+    any_valid = np.zeros((h, w), bool)
     for i0 in range(0, h, box):
         i1 = min(h, i0 + box)
         r0, r1 = int(row_edges[i0]), int(row_edges[i1])
@@ -92,6 +93,6 @@ def read_box_mean(
             rows, cols = row_edges[i0 : i1 + 1] - r0, col_edges[j0 : j1 + 1] - c0
             n = _box_sum(ok, rows, cols, np.int64)
             sums = _box_sum(np.where(ok, raw, 0), rows, cols, wide)
-            count[i0:i1, j0:j1] = n
+            any_valid[i0:i1, j0:j1] = n > 0
             mean[:, i0:i1, j0:j1] = sums / np.maximum(n, 1)
-    return mean, count > 0
+    return mean, any_valid
