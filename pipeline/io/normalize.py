@@ -165,15 +165,16 @@ def valid_mask(
     optical_nodata: float | None = None,
     sar_nodata: float | None = None,
 ) -> np.ndarray:
-    """H×W bool: optical valid AND SAR valid (nodata, zero fill, NaN/±inf).
+    """H×W bool: optical valid AND SAR valid (nodata, zero fill, NaN/±inf; `sar_valid`)."""
+    return band_valid(optical_raw, optical_nodata) & sar_valid(sar_raw, sar_nodata)
 
-    SAR exact zeros are fill even when the file declares another nodata value (border noise
-    removal writes 0), so SAR is checked both ways.
-    """
-    ok = band_valid(optical_raw, optical_nodata)
-    ok &= band_valid(sar_raw, sar_nodata)
-    if sar_nodata is not None:
-        ok &= (sar_raw.reshape(-1, *sar_raw.shape[-2:]) != 0).any(axis=0)
+
+def sar_valid(raw: np.ndarray, nodata: float | None) -> np.ndarray:
+    """H×W: True where a SAR pixel is usable: `band_valid`, and exact zeros are fill even when
+    the file declares another nodata value (border noise removal writes 0)."""
+    ok = band_valid(raw, nodata)
+    if nodata is not None:
+        ok &= (raw.reshape(-1, *raw.shape[-2:]) != 0).any(axis=0)
     return ok
 
 

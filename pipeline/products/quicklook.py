@@ -27,7 +27,7 @@ from rasterio.vrt import WarpedVRT
 from pipeline.config import ProductConfig, SarConfig
 from pipeline.errors import InputError
 from pipeline.io.grid import GridInfo, same_grid
-from pipeline.io.normalize import band_valid, infer_sar_units, sar_to_db
+from pipeline.io.normalize import band_valid, infer_sar_units, sar_to_db, sar_valid
 from pipeline.io.storage import gdal_env, gdal_path
 from pipeline.products.cog import MASK_COLORS, plain_image_ok
 from pipeline.products.decimate import read_box_mean
@@ -150,10 +150,7 @@ def read_sar_grey(meta: ProductMetadata, out_shape: tuple[int, int]) -> np.ndarr
             if meta.crs is not None and src.crs is not None and not same_grid(src, _grid(meta)):
                 raw, valid = _read_warped(src, meta, out_shape)
             else:
-                # SAR exact zeros are fill even beside another nodata value (the engine's rule)
-                mean, valid = read_box_mean(
-                    src, [1], out_shape, lambda x: band_valid(x, nodata) & (x[0] != 0)
-                )
+                mean, valid = read_box_mean(src, [1], out_shape, lambda x: sar_valid(x, nodata))
                 raw = mean[0]
     except RasterioIOError as exc:
         log.warning("%s: cannot read the SAR scene, the panel shows it as nodata (%s)", uri, exc)

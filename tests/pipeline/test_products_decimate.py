@@ -72,7 +72,7 @@ def test_uneven_factor_nodata_and_windows(tmp_path: Path, monkeypatch: pytest.Mo
     want_mean, want_valid = _reference(data[[0, 3]].astype(np.float64), ok, out)
     with rasterio.open(path) as src:
         one, one_valid = read_box_mean(src, [1, 4], out, lambda x: band_valid(x, NODATA))
-        monkeypatch.setattr(decimate, "WINDOW_PX", 37 * 41)  # windows that cut no box
+        monkeypatch.setattr(decimate, "WINDOW_PX", 37 * 41)  # ~10×10 boxes a window: 13×18 windows
         many, many_valid = read_box_mean(src, [1, 4], out, lambda x: band_valid(x, NODATA))
     assert not want_valid.all() and want_valid.any()
     np.testing.assert_array_equal(one_valid, want_valid)
