@@ -1,10 +1,9 @@
-"""Cloud-optimised GeoTIFFs of the change probability and the change mask.
+"""What the COGs of a run are: their layers (dtype, nodata, overview resampling, how a GIS shows
+them), the tags they carry, and GDAL's copy into a COG for the multi-band routing maps.
 
-Two steps, both with memory bounded by GDAL's block cache, never by the scene:
-1. the Zarr chunks are written window by window into a plain tiled GeoTIFF (uncompressed, so partial
-   tiles of any chunk size can be written without read-modify-write of compressed tiles);
-2. GDAL's COG driver turns it into a COG: DEFLATE + predictor, internal overviews (average for the
-   probability, nearest for the mask so overviews hold only 0/1/255) down to less than one block.
+The probability and mask COGs are written by `pipeline.products.cog_writer` straight from the
+store's chunks: DEFLATE + predictor, internal overviews (average for the probability, nearest for
+the mask so overviews hold only 0/1/255) down to less than one block.
 """
 
 from __future__ import annotations
@@ -14,15 +13,12 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
-import numpy as np
 import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
-from rasterio.windows import Window
 
 from pipeline.products.metadata import ProductMetadata
 
@@ -92,60 +88,6 @@ def georef_profile(meta: ProductMetadata) -> dict:
     if meta.crs is not None:
         profile["crs"] = CRS.from_wkt(meta.crs)
     return profile
-
-
-class TiledWriter:
-    """Context manager: an intermediate tiled GeoTIFF filled window by window."""
-
-    def __init__(self, path: Path, layer: Layer, meta: ProductMetadata, blocksize: int):
-        self.path = path
-        height, width = meta.shape
-        self._profile = {
-            "driver": "GTiff",
-            "width": width,
-            "height": height,
-            "count": 1,
-            "dtype": layer.dtype,
-            "nodata": layer.nodata,
-            "tiled": True,
-            "blockxsize": blocksize,
-            "blockysize": blocksize,
-            "BIGTIFF": "IF_SAFER",
-            **georef_profile(meta),
-        }
-        self._dtype = np.dtype(layer.dtype)
-        self._layer = layer
-        self._tags = product_tags(meta)
-        self._ds: rasterio.io.DatasetWriter | None = None
-
-    def __enter__(self) -> TiledWriter:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain images: expected
-            self._ds = rasterio.open(self.path, "w", **self._profile)
-        # GDAL's COG driver copies tags, descriptions, units and the palette from this file.
-        self._ds.update_tags(**self._tags)
-        self._ds.set_band_description(1, self._layer.description)
-        if self._layer.units:
-            self._ds.set_band_unit(1, self._layer.units)
-        if self._layer.colormap is not None:
-            self._ds.write_colormap(1, self._layer.colormap)
-        return self
-
-    def write(self, row_off: int, col_off: int, data: np.ndarray) -> None:
-        """Write one block of band 1 at its scene offset: blocks arrive one at a time, so a whole-
-        scene array is never held."""
-        assert self._ds is not None, "use TiledWriter as a context manager"
-        window = Window(col_off, row_off, data.shape[1], data.shape[0])
-        self._ds.write(data.astype(self._dtype, copy=False), 1, window=window)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._ds is not None:
-            self._ds.close()
 
 
 def to_cog(src: Path, dst: Path, layer: Layer, blocksize: int, level: int = 1) -> Path:
