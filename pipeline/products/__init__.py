@@ -33,7 +33,7 @@ from pipeline.products.cog_writer import CogWriter
 from pipeline.products.diagnostics import FILES as ROUTING_FILES
 from pipeline.products.diagnostics import RoutingBlock, write_routing_cogs
 from pipeline.products.metadata import ProductMetadata, redact_uri
-from pipeline.products.overviews import write_overviews
+from pipeline.products.overviews import OverviewStore
 from pipeline.products.polygons import Part, PolygonBuilder, PolygonWriter
 from pipeline.products.quicklook import read_quicklook_sources, write_quicklooks
 from pipeline.products.source import check_layout, iter_blocks, open_store
@@ -161,11 +161,14 @@ def write_products(
                 ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="m2cd-cog")
             )
             level, size = cfg.cog_deflate_level, cfg.cog_blocksize
-            prob_out = stack.enter_context(
-                CogWriter(cogs["probability"], PROBABILITY_LAYER, meta, size, level, encoders)
+            store = stack.enter_context(
+                OverviewStore(store_uri, meta.shape, meta.affine, meta.crs, size)
             )
-            mask_out = stack.enter_context(
-                CogWriter(cogs["mask"], MASK_LAYER, meta, size, level, encoders)
+            prob_out, mask_out = (
+                stack.enter_context(
+                    CogWriter(cogs[key], layer, meta, size, level, encoders, store.sink(key))
+                )
+                for key, layer in (("probability", PROBABILITY_LAYER), ("mask", MASK_LAYER))
             )
             sinks = [
                 GeoJSONSink(tmp / files["polygons"]),
@@ -190,7 +193,6 @@ def write_products(
                 mask_out.write(block.row_off, block.col_off, block.mask)
                 polygons.add(block)
             polygons.finish()
-        write_overviews(store_uri, cogs, meta.crs, chunks)
         quicklooks = (tmp / files["quicklook"], tmp / files["quicklook_panel"])
         write_quicklooks(meta, cfg, tmp / files["mask"], *quicklooks, sources.result())
         if cfg.diagnostics and routing:

@@ -20,7 +20,7 @@ import os
 import warnings
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,10 +179,14 @@ class _Level:
                     yield i, j, self.partial.pop((i, j))[0]
 
 
+OverviewSink = Callable[[int, int, int, np.ndarray], None]  # (level ≥ 1, i, j, tile's pixels)
+
+
 class CogWriter:
     """Context manager: a one-band COG fed chunk by chunk (`write`), laid out on exit.
 
-    `pool` encodes the tiles; both COGs of a run share one. On an exception nothing is laid out
+    `pool` encodes the tiles; both COGs of a run share one. `sink`, when given, receives every
+    overview tile's pixels from the encoding threads (the store's overviews). On an exception nothing is laid out
     and the spool file is removed.
     """
 
@@ -194,6 +198,7 @@ class CogWriter:
         blocksize: int,
         level: int,
         pool: Executor,
+        sink: OverviewSink | None = None,
         max_pending: int = 8,
     ):
         self.path = path
@@ -201,6 +206,7 @@ class CogWriter:
         self._dtype = np.dtype(layer.dtype)
         self._level = level
         self._pool = pool
+        self._sink = sink
         self._max_pending = max_pending
         shapes = [meta.shape, *overview_shapes(meta.shape, blocksize)]
         self._levels = [_Level(s, blocksize, self._dtype, layer.nodata) for s in shapes]
@@ -220,17 +226,19 @@ class CogWriter:
         self._drain(final=False)
 
     def _submit(self, level: int, i: int, j: int, tile: np.ndarray) -> None:
-        th, tw = self._levels[level].extent(i, j)
         has_next = level + 1 < len(self._levels)
-        future = self._pool.submit(self._encode, tile, th, tw, has_next)
+        future = self._pool.submit(self._encode, level, i, j, tile, has_next)
         self._pending.append((level, i, j, future))
 
     def _encode(
-        self, tile: np.ndarray, th: int, tw: int, has_next: bool
+        self, level: int, i: int, j: int, tile: np.ndarray, has_next: bool
     ) -> tuple[bytes, np.ndarray | None]:
-        """Deflate one tile (always tile × tile: edge tiles come padded with nodata) and halve
-        its pixels inside the raster for the level above."""
+        """Deflate one tile (always tile × tile: edge tiles come padded with nodata), hand an
+        overview tile's pixels to the sink, and halve them for the level above."""
+        th, tw = self._levels[level].extent(i, j)
         data = deflate(predict(tile).data, self._level)
+        if level and self._sink is not None:
+            self._sink(level, i, j, tile[:th, :tw])
         down = halve(tile[:th, :tw], self._layer.overview_resampling) if has_next else None
         return data, down
 
