@@ -17,8 +17,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import rasterio
@@ -34,9 +35,9 @@ from pipeline.products.diagnostics import FILES as ROUTING_FILES
 from pipeline.products.diagnostics import RoutingBlock, write_routing_cogs
 from pipeline.products.metadata import ProductMetadata, redact_uri
 from pipeline.products.overviews import OverviewStore
-from pipeline.products.polygons import Part, PolygonBuilder, PolygonWriter
+from pipeline.products.polygons import Part, PolygonBuilder, PolygonWriter, block_parts
 from pipeline.products.quicklook import read_quicklook_sources, write_quicklooks
-from pipeline.products.source import check_layout, iter_blocks, open_store
+from pipeline.products.source import Block, check_layout, iter_blocks, open_store
 from pipeline.products.stac import ChangeSummary, build_item, write_item
 from pipeline.products.vectors import FlatGeobufSink, GeoJSONSink, GeoParquetSink
 
@@ -187,11 +188,19 @@ def write_products(
                 for writer in writers:
                     writer.write(part)
 
+            # Chunks are read ahead and labelled on the encoders' pool; this thread only feeds
+            # the COG writers and merges components across chunk borders, in row-major order.
             polygons = PolygonBuilder(meta.shape, emit)
-            for block in iter_blocks(group, chunks):
+            labelling: deque[tuple[Block, Future]] = deque()
+            for block in iter_blocks(group, chunks, encoders):
                 prob_out.write(block.row_off, block.col_off, block.probability)
                 mask_out.write(block.row_off, block.col_off, block.mask)
-                polygons.add(block)
+                labelling.append((block, encoders.submit(block_parts, block)))
+                if len(labelling) > 1:
+                    done, parts = labelling.popleft()
+                    polygons.add(done, parts.result())
+            for done, parts in labelling:
+                polygons.add(done, parts.result())
             polygons.finish()
         quicklooks = (tmp / files["quicklook"], tmp / files["quicklook_panel"])
         write_quicklooks(meta, cfg, tmp / files["mask"], *quicklooks, sources.result())

@@ -11,6 +11,7 @@ MiT-b0, most of it building the modules).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from typing import Any, Literal
@@ -175,11 +176,19 @@ def architecture(cfg: Any) -> str:
     return " + ".join(parts)
 
 
-def count_parameters(cfg: Any) -> int:
-    """Parameters (trainable and not; buffers excluded) of the network a config builds."""
+def count_parameters(cfg: ModelConfig) -> int:
+    """Parameters (trainable and not; buffers excluded) of the network a config builds.
 
+    Cached by the config's JSON: building even on the meta device runs timm's init (0.17 s for
+    MiT-b0, 8 % of a 4096² null-model finalize), and a served process finalizes many runs.
+    """
+    return _count_parameters(cfg.model_dump_json())
+
+
+@functools.lru_cache(maxsize=32)
+def _count_parameters(cfg_json: str) -> int:
     with torch.device("meta"):
-        model = m2cd.build_model(cfg)
+        model = m2cd.build_model(ModelConfig.model_validate_json(cfg_json))
     return int(sum(p.numel() for p in model.parameters()))
 
 

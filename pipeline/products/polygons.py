@@ -126,10 +126,11 @@ class PolygonBuilder:
     )
     _uf: _UnionFind = field(default_factory=_UnionFind, repr=False)
 
-    def add(self, block: Block) -> None:
+    def add(self, block: Block, labelled: tuple[np.ndarray, dict[int, Part]] | None = None) -> None:
         """Add one block: components touching a border wait for the block across it, the rest are
-        emitted now."""
-        labels, parts = block_parts(block)
+        emitted now. `labelled` is the block's `block_parts` when the caller computed it already
+        (on a thread pool: the labelling is most of the polygons' cost)."""
+        labels, parts = labelled if labelled is not None else block_parts(block)
         h, w = block.shape
         r0, c0 = block.row_off, block.col_off
         height, width = self.shape

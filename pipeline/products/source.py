@@ -6,7 +6,9 @@ finalize is bounded by a chunk (the engine's block) and never by the scene.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,17 +55,35 @@ def check_layout(group: zarr.Group, store_uri: str, shape: tuple[int, int]) -> t
     return tuple(group[MASK].chunks)  # type: ignore[return-value]
 
 
-def iter_blocks(group: zarr.Group, chunks: tuple[int, int]) -> Iterator[Block]:
-    """Yield the store chunk by chunk in row-major order (deterministic product order)."""
+def iter_blocks(
+    group: zarr.Group, chunks: tuple[int, int], pool: Executor | None = None, ahead: int = 2
+) -> Iterator[Block]:
+    """Yield the store chunk by chunk in row-major order (deterministic product order).
+
+    With `pool`, up to `ahead` chunks are read (decompressed) on it while the caller works on the
+    current one; memory stays bounded by `ahead + 1` chunks.
+    """
     prob, mask = group[PROBABILITY], group[MASK]
     height, width = mask.shape
     ch, cw = chunks
-    for r0 in range(0, height, ch):
-        for c0 in range(0, width, cw):
-            sl = (slice(r0, min(r0 + ch, height)), slice(c0, min(c0 + cw, width)))
-            yield Block(
-                row_off=r0,
-                col_off=c0,
-                probability=np.asarray(prob[sl], dtype=np.float32),
-                mask=np.asarray(mask[sl], dtype=np.uint8),
-            )
+
+    def read(r0: int, c0: int) -> Block:
+        sl = (slice(r0, min(r0 + ch, height)), slice(c0, min(c0 + cw, width)))
+        return Block(
+            row_off=r0,
+            col_off=c0,
+            probability=np.asarray(prob[sl], dtype=np.float32),
+            mask=np.asarray(mask[sl], dtype=np.uint8),
+        )
+
+    origins = ((r0, c0) for r0 in range(0, height, ch) for c0 in range(0, width, cw))
+    if pool is None:
+        yield from (read(r0, c0) for r0, c0 in origins)
+        return
+    queued: deque[Future[Block]] = deque()
+    for r0, c0 in origins:
+        queued.append(pool.submit(read, r0, c0))
+        if len(queued) > ahead:
+            yield queued.popleft().result()
+    while queued:
+        yield queued.popleft().result()
