@@ -54,10 +54,12 @@ class Tag:
 
     @classmethod
     def shorts(cls, code: int, *values: int) -> Tag:
+        """SHORT (2-byte) values: sizes, sample formats and flags, all below 65 536."""
         return cls(code, SHORT, len(values), struct.pack(f"<{len(values)}H", *values))
 
     @classmethod
     def longs(cls, code: int, *values: int) -> Tag:
+        """LONG (4-byte) values: image sizes that may pass 65 535 pixels, classic-TIFF offsets."""
         return cls(code, LONG, len(values), struct.pack(f"<{len(values)}I", *values))
 
 
@@ -69,13 +71,16 @@ class Format:
 
     @property
     def header_size(self) -> int:
+        """Bytes before the first IFD: 8 classic, 16 BigTIFF (the first IFD follows at once)."""
         return 16 if self.bigtiff else 8
 
     @property
-    def inline(self) -> int:  # value bytes that fit in an entry
+    def inline(self) -> int:
+        """Value bytes that fit in an IFD entry itself (4 classic, 8 BigTIFF); longer go after it."""
         return 8 if self.bigtiff else 4
 
     def header(self, first_ifd: int) -> bytes:
+        """Byte order "II" (little-endian, what GDAL writes), magic 42/43 and the first IFD offset."""
         if self.bigtiff:
             return b"II" + struct.pack("<HHHQ", 43, 8, 0, first_ifd)
         return b"II" + struct.pack("<HI", 42, first_ifd)
