@@ -263,6 +263,43 @@ def format_validation_error(
     return f"{source}: invalid config\n  " + "\n  ".join(lines)
 
 
+def _read_layered(
+    path: Path, named_dir: Path, kind: str, chain: tuple[Path, ...] = ()
+) -> dict[str, Any]:
+    """The mapping in `path` laid over the one its `base:` names (a name in `named_dir` or a path
+    relative to the file), recursively: a recipe that continues another (ombria_more continues
+    ombria) states only what differs, so a fix to the shared part lands in one file."""
+    if path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path.resolve()))
+        raise ConfigError(f"{path}: base: forms a cycle ({cycle})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {kind} must be a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base: must name a {kind} (got {base!r})")
+    base_path = _config_path(base, named_dir, relative_to=path.parent)
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base: {base!r} not found (looked for {base_path})")
+    return deep_merge(_read_layered(base_path, named_dir, kind, (*chain, path.resolve())), data)
+
+
+def _config_path(source: str | Path, named_dir: Path, relative_to: Path | None = None) -> Path:
+    """A bare name (no suffix) found in `named_dir` wins; anything else is a path."""
+    path = Path(source)
+    named = named_dir / f"{source}.yaml"
+    if not path.suffix and named.exists():
+        return named
+    if relative_to is not None and not path.is_absolute():
+        return relative_to / path
+    return path
+
+
 def load_validated(
     model: type[ModelT],
     source: str | Path | dict[str, Any] | None,
@@ -270,26 +307,19 @@ def load_validated(
     named_dir: Path,
     kind: str,
 ) -> ModelT:
-    """A config of type `model` from a YAML path, a name in `named_dir`, or a dict, with dotted
-    overrides on top; every failure is a ConfigError naming the file, the field and what is allowed."""
+    """A config of type `model` from a YAML path (with its `base:` chain), a name in `named_dir`, or
+    a dict, with dotted overrides on top; every failure is a ConfigError naming the file, the field
+    and what is allowed."""
     data: dict[str, Any] = {}
     label = kind
     if isinstance(source, dict):
         data = dict(source)
     elif source is not None:
-        path = Path(source)
-        named = named_dir / f"{source}.yaml"
-        if not path.suffix and named.exists():
-            path = named
+        path = _config_path(source, named_dir)
         if not path.is_file():
             raise ConfigError(f"{path}: {kind} file not found")
         label = str(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: a {kind} must be a mapping")
+        data = _read_layered(path, named_dir, kind)
     if overrides:
         data = deep_merge(data, dotted_to_nested(overrides))
     try:
