@@ -18,10 +18,12 @@ from pydantic import BaseModel
 
 from pipeline.engine import publish
 from pipeline.engine.block import BlockResult, block_marker, pending_blocks
+from pipeline.engine.block_gate import BlockGate
 from pipeline.engine.crash_points import crash_point
 from pipeline.engine.output_grid import crs_label
 from pipeline.engine.plan import STORE, RunPlan, read_manifest
 from pipeline.engine.routing import routing_shares
+from pipeline.engine.stage_times import stage
 from pipeline.errors import InputError, M2CDError, OutputExistsError
 from pipeline.io import storage
 from pipeline.io.remote import redact_spec
@@ -103,12 +105,14 @@ def finalize_run(
     seconds: float | None = None,
     blocks_resumed: int = 0,
     before_publish: Callable[[], None] | None = None,
+    written: RunSummary | None = None,
 ) -> RunSummary:
     """Write the products from the complete store and publish them; `OUT/run.json` last.
 
     A finished run (same key in `OUT/run.json`) returns its summary untouched; a publish that was
     interrupted is completed with the summary it recorded. `before_publish` runs right before
-    anything in OUT changes (the CLI checks its writer lease there).
+    anything in OUT changes (the CLI checks its writer lease there). `written`: the products are
+    already in staging, written by `write_run_products` beside the blocks (`pipeline.engine.local`).
     Raises RunIncompleteError naming the missing blocks when some are not done.
     """
     manifest = read_manifest(plan.out)
@@ -119,7 +123,7 @@ def finalize_run(
     if intent is None:
         if manifest is not None and not plan.overwrite:  # another run finished meanwhile
             raise OutputExistsError(f"{plan.out}: holds products of run {manifest.get('run_key')}")
-        summary = _write_products(plan, seconds, blocks_resumed)
+        summary = write_run_products(plan) if written is None else written
         if before_publish is not None:
             before_publish()
         names = [os.path.basename(u.rstrip("/")) for u in summary.products.values()]
@@ -146,8 +150,17 @@ def finalize_run(
     return summary
 
 
-def _write_products(plan: RunPlan, seconds: float | None, blocks_resumed: int) -> RunSummary:
-    """Step 1 of the publish: every product into staging, and the summary they make."""
+def products_pending(plan: RunPlan) -> bool:
+    """Whether finalizing this run still has products to write: not when it is committed, nor
+    when an interrupted publish recorded them (its intent)."""
+    manifest = read_manifest(plan.out)
+    if manifest is not None and manifest.get("run_key") == plan.run_key:
+        return False
+    return publish.read_intent(plan) is None
+
+
+def _block_results(plan: RunPlan) -> list[BlockResult]:
+    """Every block's recorded result; refuses a run with a block not done or no valid pixel."""
     missing = pending_blocks(plan)
     if missing:
         listed = ", ".join(plan.blocks[i].name for i in missing[:5])
@@ -162,7 +175,20 @@ def _write_products(plan: RunPlan, seconds: float | None, blocks_resumed: int) -
             "no valid pixel in the overlap: every pixel is nodata (or zero fill / NaN) in one "
             "scene or the other; check the scenes' nodata values and footprints",
         )
-    crash_point("finalize")
+    return results
+
+
+def write_run_products(plan: RunPlan, gate: BlockGate | None = None) -> RunSummary:
+    """Step 1 of the publish: every product into staging, and the summary they make.
+
+    Without `gate` every block must be done already. With it, the pass runs beside the block
+    phase and reads each chunk once its block is done (`pipeline.engine.block_gate`); the blocks'
+    results are checked when the pass ends, and a stopped block phase stops it (BlocksStopped).
+    """
+    results = None
+    if gate is None:
+        results = _block_results(plan)
+        crash_point("finalize")  # with a gate, the caller's, once the blocks are done
     start = time.perf_counter()
     diagnostics = plan.config.products.diagnostics
     routing = (
@@ -170,9 +196,17 @@ def _write_products(plan: RunPlan, seconds: float | None, blocks_resumed: int) -
         if diagnostics
         else None
     )
-    written = write_products(
-        plan.store_uri, plan.staging, _product_metadata(plan), plan.config.products, routing
-    )
+    with stage("finalize"):
+        written = write_products(
+            plan.store_uri,
+            plan.staging,
+            _product_metadata(plan),
+            plan.config.products,
+            routing,
+            gate,
+        )
+    if results is None:
+        results = _block_results(plan)
     crash_point("products-written")
     # the store last: the products are read from it until the end
     names = [os.path.basename(u.rstrip("/")) for u in written.values()] + [STORE]
@@ -187,11 +221,10 @@ def _write_products(plan: RunPlan, seconds: float | None, blocks_resumed: int) -
         tiles_run=sum(r.tiles_run for r in results),
         tiles_skipped=sum(r.tiles_skipped for r in results),
         blocks=len(plan.blocks),
-        blocks_resumed=blocks_resumed,
+        blocks_resumed=0,  # how this call got here is finalize_run's to say
         mpx=round(plan.grid.height * plan.grid.width / 1e6, 4),
-        seconds=round(
-            seconds if seconds is not None else block_seconds + time.perf_counter() - start, 3
-        ),
+        # blocks plus products; the caller who timed the whole run overrides it (finalize_run)
+        seconds=round(block_seconds + time.perf_counter() - start, 3),
         valid_px=sum(r.valid_px for r in results),
         changed_px=sum(r.changed_px for r in results),
         changed_km2=(

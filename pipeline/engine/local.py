@@ -1,5 +1,6 @@
-"""A whole run in one process: plan, every pending block on a thread pool, finalize (the CLI's
-`m2cd detect`; flows drive the same three steps through Prefect and Dask instead).
+"""A whole run in one process: plan, every pending block on a thread pool with the products pass
+trailing them on its own thread, publish (the CLI's `m2cd detect`; flows drive the same steps
+through Prefect and Dask instead).
 
 From staging to publish the run holds the output's writer lease (`pipeline.io.lease`), so two runs
 into one output never interleave: the second waits (`output.lock_wait_s`) or stops with one line,
@@ -19,7 +20,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from tqdm.auto import tqdm
 
 from pipeline.engine.block import pending_blocks, run_block
-from pipeline.engine.finalize import RunSummary, finalize_run, summary_from_manifest
+from pipeline.engine.block_gate import BlockGate
+from pipeline.engine.crash_points import crash_point
+from pipeline.engine.finalize import (
+    RunSummary,
+    finalize_run,
+    products_pending,
+    summary_from_manifest,
+    write_run_products,
+)
 from pipeline.engine.plan import RunPlan, open_run, read_manifest, stage_run
 from pipeline.engine.publish import remove_staging
 from pipeline.engine.request import DetectRequest
@@ -105,20 +114,81 @@ def _run_blocks_and_finalize(
     with tqdm(
         total=plan.tile_runs, initial=done_tiles, unit="tile", disable=not progress, smoothing=0.1
     ) as bar:
-        if workers <= 1:
-            for block_id in todo:
-                run_block(plan, block_id, on_tiles=bar.update)
-        else:
-            run_pool(plan, todo, workers, bar.update)
+        written = run_blocks_with_products(plan, todo, workers, bar.update)
     return finalize_run(
         plan,
         seconds=time.perf_counter() - start,
         blocks_resumed=resumed,
         before_publish=before_publish,
+        written=written,
     )
 
 
-def run_pool(plan: RunPlan, todo: list[int], workers: int, update: Callable[[int], None]) -> None:
+def run_blocks_with_products(
+    plan: RunPlan, todo: list[int], workers: int, update: Callable[[int], None]
+) -> RunSummary | None:
+    """Run the pending blocks while the products pass reads each finished chunk on its own thread
+    (`pipeline.engine.block_gate`); return what the pass wrote into staging, or None when an
+    interrupted publish had written them already (finalize_run completes it).
+
+    Why beside the blocks: started after them, the pass was 28 % of a 16384² null-model run on
+    2 cores (23 s of 81 s; BENCHMARKS.md); trailing them, what is left after the last block is
+    its last chunk row, the COG layout and the quick-looks. A failed block or Ctrl-C stops the
+    pass within one chunk; a failed pass lets the blocks finish (finished work is kept) and its
+    error is raised after them.
+    """
+    return with_products_pass(
+        plan, lambda on_done: run_blocks(plan, todo, workers, update, on_done)
+    )
+
+
+def with_products_pass(
+    plan: RunPlan, blocks: Callable[[Callable[[int], None]], None]
+) -> RunSummary | None:
+    """`blocks(on_done)` (which calls `on_done(block_id)` as each block is marked done) with the
+    products pass trailing it on its own thread; what the pass wrote, or None when it had
+    nothing to write (`finalize.products_pending`)."""
+    if not products_pending(plan):
+        blocks(lambda block_id: None)
+        return None
+    done = {b.id for b in plan.blocks} - set(pending_blocks(plan))
+    gate = BlockGate(plan.blocks, done)
+    with ThreadPoolExecutor(1, thread_name_prefix="m2cd-products") as pass_thread:
+        products = pass_thread.submit(write_run_products, plan, gate)
+        try:
+            blocks(gate.mark_done)
+            crash_point("finalize")  # every block done, no product in OUT yet
+            return products.result()
+        except BaseException:
+            gate.stop()
+            raise
+
+
+def run_blocks(
+    plan: RunPlan,
+    todo: list[int],
+    workers: int,
+    update: Callable[[int], None],
+    on_done: Callable[[int], None] | None = None,
+) -> None:
+    """Every block of `todo`, in this thread (`workers` 1) or on a pool; `on_done(block_id)` once
+    each is marked done."""
+    if workers <= 1:
+        for block_id in todo:
+            run_block(plan, block_id, on_tiles=update)
+            if on_done is not None:
+                on_done(block_id)
+    else:
+        run_pool(plan, todo, workers, update, on_done)
+
+
+def run_pool(
+    plan: RunPlan,
+    todo: list[int],
+    workers: int,
+    update: Callable[[int], None],
+    on_done: Callable[[int], None] | None = None,
+) -> None:
     """Blocks on `workers` threads sharing this process's model (torch releases the GIL).
 
     Threads, not processes: no second model in memory, and every forward keeps this process's
@@ -140,9 +210,11 @@ def run_pool(plan: RunPlan, todo: list[int], workers: int, update: Callable[[int
 
     ex = ThreadPoolExecutor(workers, thread_name_prefix="m2cd-block")
     try:
-        futures = [ex.submit(run_block, plan, i, tick) for i in todo]
+        futures = {ex.submit(run_block, plan, i, tick): i for i in todo}
         for fut in as_completed(futures):
             fut.result()
+            if on_done is not None:
+                on_done(futures[fut])
     except BaseException as exc:
         stop.set()
         if isinstance(exc, KeyboardInterrupt):

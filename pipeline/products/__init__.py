@@ -37,7 +37,7 @@ from pipeline.products.metadata import ProductMetadata, redact_uri
 from pipeline.products.overviews import OverviewStore
 from pipeline.products.polygons import Part, PolygonBuilder, PolygonWriter, block_parts
 from pipeline.products.quicklook import read_quicklook_sources, write_quicklooks
-from pipeline.products.source import Block, check_layout, iter_blocks, open_store
+from pipeline.products.source import Block, ChunkGate, check_layout, iter_blocks, open_store
 from pipeline.products.stac import ChangeSummary, build_item, write_item
 from pipeline.products.vectors import FlatGeobufSink, GeoJSONSink, GeoParquetSink
 
@@ -121,11 +121,14 @@ def write_products(
     meta: ProductMetadata,
     cfg: ProductConfig,
     routing: Sequence[RoutingBlock] | None = None,
+    gate: ChunkGate | None = None,
 ) -> dict[str, str]:
     """Write COGs, polygons, quicklooks and STAC Item of a finished store; return asset → URI.
 
     With `cfg.diagnostics`, `routing` lists the blocks' saved expert maps, assembled into the
-    routing COGs (`pipeline.products.diagnostics`).
+    routing COGs (`pipeline.products.diagnostics`). With `gate`, the store may still be being
+    written: each chunk is read once the gate says it is final (`source.iter_blocks`); the
+    routing maps are read after the last chunk.
 
     The store itself (`zarr`) is not in the result: the engine publishes it. Memory is bounded by
     one Zarr chunk plus GDAL's bounded block cache, whatever the scene size.
@@ -192,7 +195,7 @@ def write_products(
             # the COG writers and merges components across chunk borders, in row-major order.
             polygons = PolygonBuilder(meta.shape, emit)
             labelling: deque[tuple[Block, Future]] = deque()
-            for block in iter_blocks(group, chunks, encoders):
+            for block in iter_blocks(group, chunks, encoders, gate=gate):
                 prob_out.write(block.row_off, block.col_off, block.probability)
                 mask_out.write(block.row_off, block.col_off, block.mask)
                 labelling.append((block, encoders.submit(block_parts, block)))

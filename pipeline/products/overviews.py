@@ -98,7 +98,9 @@ class OverviewStore:
         self.layout: list[dict[str, Any]] = []
 
     def __enter__(self) -> OverviewStore:
-        root = zarr.open_group(self._store, mode="r+", zarr_format=3)
+        # the store as it is, not its consolidated metadata: a pass killed midway left an
+        # `overviews/` group that the metadata (rewritten only on a clean exit) does not list
+        root = zarr.open_group(self._store, mode="r+", zarr_format=3, use_consolidated=False)
         base_h, base_w = self._shape
         with consolidating():
             if OVERVIEWS in root:

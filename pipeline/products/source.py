@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import zarr
@@ -55,13 +56,29 @@ def check_layout(group: zarr.Group, store_uri: str, shape: tuple[int, int]) -> t
     return tuple(group[MASK].chunks)  # type: ignore[return-value]
 
 
+class ChunkGate(Protocol):
+    """Says when a chunk of a store that is still being written is final."""
+
+    def chunk_done(self, row_off: int, col_off: int) -> bool:
+        """Whether the chunk at (row_off, col_off) is final now."""
+
+    def wait_chunk(self, row_off: int, col_off: int) -> None:
+        """Return once the chunk at (row_off, col_off) is final (or raise: the pass stops)."""
+
+
 def iter_blocks(
-    group: zarr.Group, chunks: tuple[int, int], pool: Executor | None = None, ahead: int = 2
+    group: zarr.Group,
+    chunks: tuple[int, int],
+    pool: Executor | None = None,
+    ahead: int = 2,
+    gate: ChunkGate | None = None,
 ) -> Iterator[Block]:
     """Yield the store chunk by chunk in row-major order (deterministic product order).
 
     With `pool`, up to `ahead` chunks are read (decompressed) on it while the caller works on the
-    current one; memory stays bounded by `ahead + 1` chunks.
+    current one; memory stays bounded by `ahead + 1` chunks. With `gate`, each chunk is read only
+    once the gate says it is final, so the pass can run while the engine still writes later
+    chunks (`pipeline.engine.block_gate`); the chunks read ahead are handed out before waiting.
     """
     prob, mask = group[PROBABILITY], group[MASK]
     height, width = mask.shape
@@ -78,10 +95,18 @@ def iter_blocks(
 
     origins = ((r0, c0) for r0 in range(0, height, ch) for c0 in range(0, width, cw))
     if pool is None:
-        yield from (read(r0, c0) for r0, c0 in origins)
+        for r0, c0 in origins:
+            if gate is not None:
+                gate.wait_chunk(r0, c0)
+            yield read(r0, c0)
         return
     queued: deque[Future[Block]] = deque()
     for r0, c0 in origins:
+        if gate is not None:
+            if not gate.chunk_done(r0, c0):
+                while queued:  # the caller works on what is final while this chunk is written
+                    yield queued.popleft().result()
+            gate.wait_chunk(r0, c0)
         queued.append(pool.submit(read, r0, c0))
         if len(queued) > ahead:
             yield queued.popleft().result()

@@ -151,6 +151,7 @@ def test_nodata_strip_is_nodata_in_every_product(reference):
 @pytest.mark.slow
 def test_byte_identical_across_block_sizes_and_dask_workers(pair, reference, tmp_path):
     import dask
+    import distributed  # noqa: F401  before dask.config.set: see below
     import torch
 
     from tests.fixtures.dask import two_worker_cluster
@@ -167,6 +168,9 @@ def test_byte_identical_across_block_sizes_and_dask_workers(pair, reference, tmp
     # thread count: give the workers this process's (dask's nanny would force 1).
     threads = str(torch.get_num_threads())
     environ = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    # distributed is imported above: imported inside the `set`, its defaults land under a key the
+    # `set` created, which it deletes on exit, and a later xarray compute in this process failed
+    # with KeyError 'distributed' (dask.config.get("distributed.comm.timeouts.connect"))
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
         two_worker_cluster(tmp_path / "dask-tmp") as (_, client),
