@@ -244,6 +244,7 @@ def routing(
             sar = np.stack([match_channels(a.sar, bands.sar_channels) for a in chunk])
             model(torch.from_numpy(opt), torch.from_numpy(sar))
     shares = routing_shares(records)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps({"checkpoint": str(checkpoint), "split": split, "stages": shares}, indent=2)
         + "\n"
