@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
@@ -40,6 +41,7 @@ from m2cd.pretrained import DEFAULT_MODEL, shipped_checkpoint, shipped_models
 from pipeline.config import load_detect_config
 from pipeline.engine.block import pending_blocks, run_block
 from pipeline.engine.finalize import RunSummary, finalize_run
+from pipeline.engine.local import with_products_pass
 from pipeline.engine.plan import plan_run
 from pipeline.engine.request import validate_request
 from pipeline.errors import M2CDError
@@ -114,14 +116,22 @@ def block_task(plan: Any, block_id: int) -> Any:
     retry_condition_fn=retry_transient,
     **MANIFEST,
 )
-def finalize_task(plan: Any) -> Any:
-    """COG, polygons, STAC item and quick-look once every block is done (moved into place)."""
+def finalize_task(plan: Any, written: RunSummary | None = None) -> Any:
+    """Publish the products once every block is done: `written` when the products pass beside
+    the blocks wrote them into staging, else COGs, polygons, STAC item and quick-look here."""
 
-    return finalize_run(plan)
+    return finalize_run(plan, written=written)
 
 
-def _run_blocks(runner: Any, plan: Any, block_ids: list[int], logger: Any) -> list[Any]:
-    """Submit every block, move the progress artifact as they finish, resubmit lost-worker blocks."""
+def _run_blocks(
+    runner: Any,
+    plan: Any,
+    block_ids: list[int],
+    logger: Any,
+    on_done: Callable[[int], None] | None = None,
+) -> list[Any]:
+    """Submit every block, move the progress artifact as they finish (and call `on_done`, which
+    feeds the products pass), resubmit lost-worker blocks."""
 
     progress_id = create_progress_artifact(
         progress=0.0, description=f"blocks done of {len(block_ids)} ({plan.run_key[:12]})"
@@ -145,6 +155,8 @@ def _run_blocks(runner: Any, plan: Any, block_ids: list[int], logger: Any) -> li
                     todo.append(block_id)
                     continue
                 raise
+            if on_done is not None:
+                on_done(block_id)
             update_progress_artifact(progress_id, 100.0 * len(results) / len(block_ids))
     return [results[b] for b in block_ids]
 
@@ -325,16 +337,24 @@ def _detect_scene(
     plan = plan_task(request)
     print(plan.describe())
     todo = [] if plan.finished else pending_blocks(plan)
+    written = None
     if todo:
         choice = choose_runner(dask_address)
         logger.info(
             "%d of %d block(s) to run on %s", len(todo), len(plan.blocks), choice.describe()
         )
+        # the products pass reads each finished block's chunks in this process while the
+        # workers run the rest (pipeline.engine.local): at 16384² on 2 cores it was 28 % of the
+        # run when it started only after the last block (BENCHMARKS.md)
         with task_runner(choice, _api_url()) as runner:
-            _run_blocks(runner, plan, todo, logger)
+            written = with_products_pass(
+                plan,
+                lambda on_done: _run_blocks(runner, plan, todo, logger, on_done),
+                defer_pass_error=True,
+            )
     elif plan.finished:
         logger.info("run %s already finished in %s: nothing to do", plan.run_key[:12], plan.out)
-    summary = finalize_task(plan)
+    summary = finalize_task(plan, written)
     # the run's own summary type, timed over the whole flow (scheduling and workers included)
     manifest = summary.model_copy(update={"seconds": round(time.monotonic() - started, 3)})
     create_markdown_artifact(

@@ -143,11 +143,18 @@ def run_blocks_with_products(
 
 
 def with_products_pass(
-    plan: RunPlan, blocks: Callable[[Callable[[int], None]], None]
+    plan: RunPlan,
+    blocks: Callable[[Callable[[int], None]], object],
+    defer_pass_error: bool = False,
 ) -> RunSummary | None:
     """`blocks(on_done)` (which calls `on_done(block_id)` as each block is marked done) with the
     products pass trailing it on its own thread; what the pass wrote, or None when it had
-    nothing to write (`finalize.products_pending`)."""
+    nothing to write (`finalize.products_pending`).
+
+    `defer_pass_error`: a pass that fails after every block succeeded is logged and None is
+    returned, so the caller writes the products itself (detect-scene's finalize task, which has
+    its own retries for a transient store error); a failed block still raises.
+    """
     if not products_pending(plan):
         blocks(lambda block_id: None)
         return None
@@ -158,10 +165,16 @@ def with_products_pass(
         try:
             blocks(gate.mark_done)
             crash_point("finalize")  # every block done, no product in OUT yet
-            return products.result()
         except BaseException:
             gate.stop()
             raise
+        if not defer_pass_error:
+            return products.result()
+        try:
+            return products.result()
+        except Exception as exc:
+            log.warning("products pass beside the blocks failed (%s); writing them after", exc)
+            return None
 
 
 def run_blocks(

@@ -23,7 +23,7 @@ import xarray as xr
 from pipeline.config import load_detect_config
 from pipeline.engine.block import run_block
 from pipeline.engine.finalize import finalize_run
-from pipeline.engine.local import detect
+from pipeline.engine.local import detect, with_products_pass
 from pipeline.engine.plan import plan_run
 from pipeline.engine.request import DetectRequest
 from pipeline.errors import OutputExistsError
@@ -151,7 +151,7 @@ def test_nodata_strip_is_nodata_in_every_product(reference):
 @pytest.mark.slow
 def test_byte_identical_across_block_sizes_and_dask_workers(pair, reference, tmp_path):
     import dask
-    import distributed  # noqa: F401  before dask.config.set: see below
+    import distributed  # before dask.config.set: see below
     import torch
 
     from tests.fixtures.dask import two_worker_cluster
@@ -175,17 +175,53 @@ def test_byte_identical_across_block_sizes_and_dask_workers(pair, reference, tmp
         dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
         two_worker_cluster(tmp_path / "dask-tmp") as (_, client),
     ):
-        futures = client.map(
-            run_block, [plan] * len(plan.blocks), range(len(plan.blocks)), pure=False
-        )
-        results = client.gather(futures)
+        results = []
+
+        def on_cluster(on_done):
+            # as detect-scene does: the products pass in this process reads each block's
+            # chunks as its worker finishes it
+            futures = client.map(
+                run_block, [plan] * len(plan.blocks), range(len(plan.blocks)), pure=False
+            )
+            for future in distributed.as_completed(futures):
+                results.append(future.result())
+                on_done(results[-1].block_id)
+
+        written = with_products_pass(plan, on_cluster)
         pids = {
             r.name: json.loads(Path(plan.marker_uri(plan.blocks[r.block_id])).read_text())["pid"]
             for r in results
         }
     assert len(set(pids.values())) == 2  # both workers ran blocks
-    finalize_run(plan)
+    assert written is not None
+    finalize_run(plan, written=written)
     assert fingerprint(out) == expected
+
+
+def test_a_failed_products_pass_keeps_the_blocks_and_can_be_deferred(
+    pair, reference, tmp_path, monkeypatch
+):
+    import pipeline.engine.local as local
+    from pipeline.engine.block import pending_blocks
+
+    def unreachable_store(plan, gate):
+        raise OSError("staging store unreachable")
+
+    monkeypatch.setattr(local, "write_run_products", unreachable_store)
+    out = tmp_path / "out"
+    plan = plan_run(request(*pair, out, **{"tiling.block": 128}))
+
+    def blocks(on_done):
+        local.run_blocks(plan, pending_blocks(plan), 1, lambda n: None, on_done)
+
+    with pytest.raises(OSError, match="unreachable"):
+        local.with_products_pass(plan, blocks)
+    assert pending_blocks(plan) == []  # the blocks finished and are kept
+    # detect-scene defers it: None, so its finalize task writes the products (with retries)
+    assert local.with_products_pass(plan, blocks, defer_pass_error=True) is None
+    monkeypatch.undo()
+    finalize_run(plan)
+    assert fingerprint(out) == fingerprint(reference[0])
 
 
 def test_finished_run_is_a_no_op_and_overwrite_is_explicit(pair, reference, tmp_path, capsys):
