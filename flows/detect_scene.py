@@ -129,7 +129,7 @@ def _run_blocks(
     block_ids: list[int],
     logger: Any,
     on_done: Callable[[int], None] | None = None,
-) -> list[Any]:
+) -> None:
     """Submit every block, move the progress artifact as they finish (and call `on_done`, which
     feeds the products pass), resubmit lost-worker blocks."""
 
@@ -138,7 +138,7 @@ def _run_blocks(
     )
     resources = block_resources(runner.client)
     logger.info("block tasks ask for resources %s", resources or "none (CPU workers)")
-    results: dict[int, Any] = {}
+    finished: set[int] = set()
     todo, attempt = list(block_ids), 0
     while todo:
         attempt += 1
@@ -148,17 +148,17 @@ def _run_blocks(
         for future in as_completed(list(futures)):
             block_id = futures[future]
             try:
-                results[block_id] = future.result()
+                future.result()
             except Exception as exc:
                 if is_transient(exc) and attempt <= MAX_RESUBMITS:
                     logger.warning("block %s lost (%s); resubmitting", block_id, type(exc).__name__)
                     todo.append(block_id)
                     continue
                 raise
+            finished.add(block_id)
             if on_done is not None:
                 on_done(block_id)
-            update_progress_artifact(progress_id, 100.0 * len(results) / len(block_ids))
-    return [results[b] for b in block_ids]
+            update_progress_artifact(progress_id, 100.0 * len(finished) / len(block_ids))
 
 
 def _api_url() -> str | None:

@@ -144,7 +144,7 @@ def run_blocks_with_products(
 
 def with_products_pass(
     plan: RunPlan,
-    blocks: Callable[[Callable[[int], None]], object],
+    blocks: Callable[[Callable[[int], None]], None],
     defer_pass_error: bool = False,
 ) -> RunSummary | None:
     """`blocks(on_done)` (which calls `on_done(block_id)` as each block is marked done) with the
@@ -168,11 +168,11 @@ def with_products_pass(
         except BaseException:
             gate.stop()
             raise
-        if not defer_pass_error:
-            return products.result()
         try:
             return products.result()
         except Exception as exc:
+            if not defer_pass_error:
+                raise
             log.warning("products pass beside the blocks failed (%s); writing them after", exc)
             return None
 
