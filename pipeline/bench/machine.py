@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,39 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def _set_affinity_all_threads(cpus: set[int]) -> None:
+    """Every thread of this process onto `cpus` (Linux: affinity is per thread, and torch's
+    intra-op pool and our worker pools already exist when a bench pins)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
+            continue
+
+
+@contextmanager
+def pinned_to_cores(n: int) -> Iterator[bool]:
+    """Run the body on `n` of this process's cores; yields whether it could pin.
+
+    Why: "1 thread" is not "1 core". The engine's one-worker run still has its products-pass
+    thread, GDAL's COG threads and the deflate pool beside it, which take the second core, so an
+    unpinned 1 → 2 "thread scaling" compares 2 cores with 2 cores. Threads started in the body
+    inherit the affinity of the thread that starts them. Not pinned (False) where the platform
+    has no per-thread affinity or the process has fewer than `n` cores."""
+    if not (hasattr(os, "sched_setaffinity") and os.path.isdir("/proc/self/task")):
+        yield False
+        return
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < n:
+        yield False
+        return
+    _set_affinity_all_threads(set(sorted(allowed)[:n]))
+    try:
+        yield True
+    finally:
+        _set_affinity_all_threads(allowed)
 
 
 def machine_info(isa: CpuIsa | None = None) -> dict[str, Any]:

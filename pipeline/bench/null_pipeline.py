@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import zarr
 
-from pipeline.bench.machine import machine_info
+from pipeline.bench.machine import machine_info, pinned_to_cores
 from pipeline.bench.null_model import install_null_model
 from pipeline.config import load_detect_config
 from pipeline.engine.block import BlockResult
@@ -167,11 +167,16 @@ def run(
                 storage.write_json(plan.marker_uri(b), marker.model_dump(exclude={"resumed"}))
                 on_done(b.id)
 
-        def with_threads(n: int, fn: Callable[[], Any]) -> Any:
+        pinned: list[bool] = []
+
+        def on_cores(n: int, fn: Callable[[], Any]) -> Any:
+            """`fn` with 1 torch thread on `n` cores (the scaling runs)."""
             before = torch.get_num_threads()
-            torch.set_num_threads(n)
+            torch.set_num_threads(1)
             try:
-                return fn()
+                with pinned_to_cores(n) as ok:
+                    pinned.append(ok)
+                    return fn()
             finally:
                 torch.set_num_threads(before)
 
@@ -183,8 +188,8 @@ def run(
             seconds, stages, plan = engine("engine", 1)
             eng_s.append(seconds)
             splits.append(stages)
-            one = with_threads(1, lambda: engine("t1_", 1))
-            two = with_threads(1, lambda: engine("t2_", 2))
+            one = on_cores(1, lambda: engine("t1_", 1))
+            two = on_cores(2, lambda: engine("t2_", 2))
             one_s.append(one[0])
             two_s.append(two[0])
             blocks_scaling.append(one[1]["blocks_wall"] / two[1]["blocks_wall"])
@@ -218,10 +223,12 @@ def run(
             # the block phase alone (the products pass is one thread whatever the workers)
             "thread_scaling_blocks": round(_median(blocks_scaling), 4),
             "thread_scaling_note": (
-                "1 → 2 block workers, 1 torch thread each, no read-ahead thread"
+                "1 → 2 block workers on 1 → 2 cores, 1 torch thread each, no read-ahead thread"
                 if n_blocks > 1
                 else "one block: a second worker has nothing to run"
             ),
+            # False: the process could not be pinned, and the 1-worker run had every core
+            "thread_scaling_pinned": all(pinned),
             "split_seconds": split,
             "split_fraction": {k: round(v / engine_s, 4) for k, v in split.items()},
             "engine_seconds_all": [round(x, 3) for x in eng_s],

@@ -137,7 +137,7 @@ def run(
             "efficiency_per_repeat": [round(x, 4) for x in ratios],
             "forward_seconds_all": [round(x, 3) for x in forward],
             "detect_seconds_all": [round(x, 3) for x in end_to_end],
-            "goal": 0.85,
+            "goal": 0.9,  # issue 12 point 3 (was 0.85 before tiles stopped running twice)
             "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "machine": machine_info(),
         }

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 
 import pytest
+
+from pipeline.bench.machine import pinned_to_cores
 
 
 def _bench_json(capsys, args: list[str]) -> dict:
@@ -104,6 +108,36 @@ def test_every_bench_names_its_cpu_and_isa():
     assert cpu_model_name(sample) == "AMD EPYC 7B13"
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="per-thread affinity is Linux's")
+def test_the_one_core_run_of_the_scaling_bench_runs_on_one_core_and_gives_the_cores_back():
+    allowed = os.sched_getaffinity(0)
+    seen: dict[str, set[int]] = {}
+    started = threading.Event()
+    stop = threading.Event()
+
+    def before_pinning() -> None:  # a pool thread that exists before the bench pins
+        started.set()
+        stop.wait()
+        seen["old thread after"] = os.sched_getaffinity(0)
+
+    old = threading.Thread(target=before_pinning)
+    old.start()
+    started.wait()
+    with pinned_to_cores(1) as ok:
+        new = threading.Thread(target=lambda: seen.update(new=os.sched_getaffinity(0)))
+        new.start()
+        new.join()
+        seen["main"] = os.sched_getaffinity(0)
+        seen["old thread"] = os.sched_getaffinity(old.native_id)
+    stop.set()
+    old.join()
+    assert ok
+    assert len(seen["main"]) == len(seen["new"]) == len(seen["old thread"]) == 1
+    assert os.sched_getaffinity(0) == allowed == seen["old thread after"]
+    with pinned_to_cores(len(allowed) + 1) as ok:  # more cores than the process has: no pinning
+        assert not ok and os.sched_getaffinity(0) == allowed
+
+
 @pytest.mark.slow
 def test_null_model_bench_reports_the_ceiling_against_the_io_limit(capsys):
     args = ["pipeline", "--null-model", "--size", "200", "--tile", "64", "--overlap", "16"]
@@ -112,6 +146,7 @@ def test_null_model_bench_reports_the_ceiling_against_the_io_limit(capsys):
     for key in ("null_mpx_per_s", "io_limit_mpx_per_s", "mpx_per_s_per_core", "thread_scaling"):
         assert r[key] > 0, key
     assert r["io_ratio"] == pytest.approx(r["null_mpx_per_s"] / r["io_limit_mpx_per_s"], rel=1e-2)
+    assert r["thread_scaling_pinned"] is (len(os.sched_getaffinity(0)) >= 2)
     split = r["split_seconds"]
     for stage in ("plan", "read", "normalise", "transfer", "model", "blend", "write", "finalize"):
         assert split[stage] > 0, stage
