@@ -123,14 +123,16 @@ def test_the_one_core_run_of_the_scaling_bench_runs_on_one_core_and_gives_the_co
     old = threading.Thread(target=before_pinning)
     old.start()
     started.wait()
-    with pinned_to_cores(1) as ok:
-        new = threading.Thread(target=lambda: seen.update(new=os.sched_getaffinity(0)))
-        new.start()
-        new.join()
-        seen["main"] = os.sched_getaffinity(0)
-        seen["old thread"] = os.sched_getaffinity(old.native_id)
-    stop.set()
-    old.join()
+    try:
+        with pinned_to_cores(1) as ok:
+            new = threading.Thread(target=lambda: seen.update(new=os.sched_getaffinity(0)))
+            new.start()
+            new.join()
+            seen["main"] = os.sched_getaffinity(0)
+            seen["old thread"] = os.sched_getaffinity(old.native_id)
+    finally:  # the old thread ends whatever happened, so a failure cannot hang the suite
+        stop.set()
+        old.join()
     assert ok
     assert len(seen["main"]) == len(seen["new"]) == len(seen["old thread"]) == 1
     assert os.sched_getaffinity(0) == allowed == seen["old thread after"]
