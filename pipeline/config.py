@@ -147,11 +147,24 @@ class InferenceConfig(ConfigSection):
         "(a GPU run, s3:// inputs, or fewer model threads than cores), else 0.",
     )
 
+    forwards: int | Literal["auto"] = Field(
+        default="auto",
+        description="Batches each block keeps in the model at once; auto: on a CPU one per core "
+        "(shared among the blocks running together), each forward on one thread; on a GPU 1.",
+    )
+
     @field_validator("prefetch")
     @classmethod
     def _prefetch_not_negative(cls, value: int | str) -> int | str:
         if isinstance(value, int) and value < 0:
             raise ValueError("prefetch must be 'auto' or an integer ≥ 0")
+        return value
+
+    @field_validator("forwards")
+    @classmethod
+    def _forwards_positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("forwards must be 'auto' or an integer ≥ 1")
         return value
 
 

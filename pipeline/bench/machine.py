@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from pipeline.engine.cpu_forwards import usable_cores
 from pipeline.engine.device import CpuIsa, detect_cpu_isa
 
 
@@ -28,13 +29,6 @@ def cpu_model_name(cpuinfo: str | None = None) -> str:
         if key.strip() == "model name" and value.strip():
             return value.strip()
     return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity), not the host's count."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _set_affinity_all_threads(cpus: set[int]) -> None:

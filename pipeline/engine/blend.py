@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.engine.cpu_forwards import set_one_thread
 from pipeline.engine.pair import PairReader
 from pipeline.engine.read_ahead import read_ahead
 from pipeline.engine.stage_times import stage
@@ -150,13 +152,19 @@ def predict_block(
     on_batch: Callable[[int], None] | None = None,
     on_predicted: Callable[[list[tuple[int, int]]], None] | None = None,
     share: TileShare | None = None,
+    forwards: int = 1,
 ) -> BlockOutput:
     """Blend every tile touching `core` into the core only: run here, or (with `share`) the
     parts of tiles that other blocks own.
 
-    `on_predicted(tiles)` runs right after each forward, in this thread (the routing
-    diagnostics read what the forward recorded; they run without `share`, since a tile another
-    block ran leaves no routing here)."""
+    `forwards` > 1 keeps that many batches in the model at once, on a pool of threads, while
+    this thread reads the next strip and blends finished batches in their order
+    (`pipeline.engine.cpu_forwards` says why a CPU run does). `on_predicted(tiles)` runs right
+    after each forward, in this thread (the routing diagnostics read what the forward recorded,
+    so they run one forward at a time and without `share`, since a tile another block ran
+    leaves no routing here)."""
+    if on_predicted is not None:
+        forwards = 1
     h, w = core.height, core.width
     acc_wp = np.zeros((h, w), dtype=np.float32)
     acc_w = np.zeros((h, w), dtype=np.float32)
@@ -191,7 +199,9 @@ def predict_block(
                 acc_w[dst] += wt
 
     def run(tiles: list[Tile], optical: np.ndarray, sar: np.ndarray) -> None:
-        probs = predictor(optical, sar)
+        keep(tiles, predictor(optical, sar))
+
+    def keep(tiles: list[Tile], probs: np.ndarray) -> None:
         if on_predicted is not None:
             on_predicted(tiles)
         for k, tile in enumerate(tiles):
@@ -207,26 +217,48 @@ def predict_block(
     batches = _iter_batches(
         grid, core, read_pair, batch_size, min_valid_fraction, core_valid, skipped, share
     )
-    with share.running(me) if share is not None and me is not None else nullcontext():
-        for batch in read_ahead(batches, prefetch):
-            queue.extend(batch.order)
-            if batch.tiles:
+
+    def finish(batch: Batch, probs: Future[np.ndarray] | None) -> None:
+        queue.extend(batch.order)
+        if batch.tiles:
+            if probs is not None:
+                keep(batch.tiles, probs.result())
+            else:
                 assert batch.optical is not None and batch.sar is not None
                 run(batch.tiles, batch.optical, batch.sar)
-            taken = 0
-            for tile, part in batch.shared.items():
-                if part is None:
-                    awaited.append(tile)
-                else:
-                    take(tile, part)
-                    taken += 1
-            blend_ready()
-            if on_batch is not None:
-                on_batch(len(batch.tiles) + taken)
-        if awaited:
-            assert share is not None and me is not None
-            _resolve(awaited, share, me, grid, read_pair, batch_size, run, take, on_batch)
-            blend_ready()
+        taken = 0
+        for tile, part in batch.shared.items():
+            if part is None:
+                awaited.append(tile)
+            else:
+                take(tile, part)
+                taken += 1
+        blend_ready()
+        if on_batch is not None:
+            on_batch(len(batch.tiles) + taken)
+
+    pool = None
+    if forwards > 1:
+        pool = ThreadPoolExecutor(forwards, "m2cd-forward", initializer=set_one_thread)
+    in_flight: deque[tuple[Batch, Future[np.ndarray] | None]] = deque()
+    try:
+        with share.running(me) if share is not None and me is not None else nullcontext():
+            for batch in read_ahead(batches, prefetch):
+                future = None
+                if pool is not None and batch.optical is not None and batch.sar is not None:
+                    future = pool.submit(predictor, batch.optical, batch.sar)
+                in_flight.append((batch, future))
+                while len(in_flight) >= forwards:  # the oldest first: blending keeps its order
+                    finish(*in_flight.popleft())
+            while in_flight:
+                finish(*in_flight.popleft())
+            if awaited:
+                assert share is not None and me is not None
+                _resolve(awaited, share, me, grid, read_pair, batch_size, run, take, on_batch)
+                blend_ready()
+    finally:
+        if pool is not None:  # stopping: queued forwards dropped, running ones end their batch
+            pool.shutdown(wait=True, cancel_futures=True)
     assert not queue and not ready, "every listed tile is blended"
     with stage("blend"):
         valid = core_valid & (acc_w > 0)

@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel
 
 from pipeline.engine import blend, pair
+from pipeline.engine.cpu_forwards import concurrent_forwards, one_thread_forwards
 from pipeline.engine.device import resolve_device
 from pipeline.engine.models import load_model
 from pipeline.engine.output_grid import pixel_area_km2
@@ -54,18 +55,33 @@ def block_marker(plan: RunPlan, block: BlockSpec) -> dict[str, Any] | None:
 
 
 def run_block(
-    plan: RunPlan, block_id: int, on_tiles: Callable[[int], None] | None = None
+    plan: RunPlan,
+    block_id: int,
+    on_tiles: Callable[[int], None] | None = None,
+    block_threads: int = 1,
 ) -> BlockResult:
     """Run every tile of one block, write its core into the store, then mark it done.
 
     Idempotent: a block already marked done returns its recorded result at once (`resumed`).
+    `block_threads`: blocks this process runs at the same time (they share the cores).
     """
     block = plan.blocks[block_id]
     if (done := block_marker(plan, block)) is not None:
         return BlockResult(**{**done, "resumed": True})
+    device = resolve_device(plan.config.inference.device, "inference.device")
+    with one_thread_forwards(device):
+        return _run_block(plan, block, device, on_tiles, block_threads)
+
+
+def _run_block(
+    plan: RunPlan,
+    block: BlockSpec,
+    device: torch.device,
+    on_tiles: Callable[[int], None] | None,
+    block_threads: int,
+) -> BlockResult:
     start = time.perf_counter()
     inf = plan.config.inference
-    device = resolve_device(inf.device, "inference.device")
     model = load_model(plan.model, device)
     bands = getattr(getattr(model, "config", None), "bands", None)
     reader = pair.pair_reader(
@@ -76,6 +92,7 @@ def run_block(
     predictor = Predictor(
         model, inf.batch_size, device, inf.precision, inf.channels_last, tta=inf.tta
     )
+    forwards = concurrent_forwards(inf.forwards, device, block_threads)
     threshold = plan.config.products.threshold
     assert threshold is not None, "DetectRequest resolves the threshold before a plan exists"
     # diagnostics off: the plain predictor, no hook on the model
@@ -93,8 +110,12 @@ def run_block(
         threshold=threshold,
         min_valid_fraction=plan.config.tiling.min_valid_fraction,
         prefetch=read_ahead_depth(
-            inf.prefetch, device, is_remote_input(plan.optical) or is_remote_input(plan.sar)
+            inf.prefetch,
+            device,
+            is_remote_input(plan.optical) or is_remote_input(plan.sar),
+            forwards,
         ),
+        forwards=forwards,
         on_batch=on_tiles,
         on_predicted=routing.on_predicted if routing is not None else None,
         # diagnostics need every tile's routing in the block that blends it: no sharing then
@@ -132,8 +153,13 @@ def run_block(
         seconds=round(time.perf_counter() - start, 3),
         routing_counts=counts,
     )
-    # where and how it ran: CPU bits depend on the intra-op thread count (see local.run_pool)
-    extra = {"pid": os.getpid(), "device": str(device), "torch_threads": torch.get_num_threads()}
+    # where and how it ran: CPU bits depend on the intra-op thread count (pipeline.engine.cpu_forwards)
+    extra = {
+        "pid": os.getpid(),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "forwards": forwards,
+    }
     record = result.model_dump(exclude={"resumed"} if counts else {"resumed", "routing_counts"})
     with stage("write"):
         storage.write_json(plan.marker_uri(block), {**record, **extra})

@@ -204,9 +204,9 @@ def run_pool(
 ) -> None:
     """Blocks on `workers` threads sharing this process's model (torch releases the GIL).
 
-    Threads, not processes: no second model in memory, and every forward keeps this process's
-    intra-op thread count, which is what keeps the products byte-identical to a 1-worker run
-    (CPU kernels split their reductions by thread count). Separate processes are Dask's job.
+    Threads, not processes: no second model in memory. The blocks running together share the
+    cores' forwards (`pipeline.engine.cpu_forwards`: each CPU forward on one thread, so the
+    products are byte-identical to a 1-worker run). Separate processes are Dask's job.
 
     Stopping (Ctrl-C, or a block that failed): queued blocks are cancelled and running ones give up
     at their next batch (`tick` raises), so the pool is gone within about one batch, not after
@@ -223,7 +223,8 @@ def run_pool(
 
     ex = ThreadPoolExecutor(workers, thread_name_prefix="m2cd-block")
     try:
-        futures = {ex.submit(run_block, plan, i, tick): i for i in todo}
+        together = min(workers, len(todo))
+        futures = {ex.submit(run_block, plan, i, tick, together): i for i in todo}
         for fut in as_completed(futures):
             fut.result()
             if on_done is not None:

@@ -15,20 +15,24 @@ from typing import TypeVar, cast
 
 import torch
 
+from pipeline.engine.cpu_forwards import usable_cores
+
 T = TypeVar("T")
 
 
-def read_ahead_depth(setting: int | str, device: torch.device, remote_inputs: bool) -> int:
+def read_ahead_depth(
+    setting: int | str, device: torch.device, remote_inputs: bool, forwards: int = 1
+) -> int:
     """Batches to read ahead: `auto` reads ahead only where the reader has CPU to itself.
 
-    On a CPU run whose intra-op threads cover every core, a read-ahead thread has nothing to
-    overlap with and stalls the model's thread barriers (measured: -11 % end to end on 2 cores),
-    so it reads in line. A GPU run, network reads (s3://) and spare cores all leave room.
+    On a CPU run whose forwards (`forwards` at once, each on torch's intra-op threads) cover
+    every core, a read-ahead thread has nothing to overlap with and stalls the model's thread
+    barriers (measured: -11 % end to end on 2 cores), so it reads in line, in the gap the oldest
+    forward leaves. A GPU run, network reads (s3://) and spare cores all leave room.
     """
     if setting != "auto":
         return int(setting)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    spare_cpu = torch.get_num_threads() < (cores or 1)
+    spare_cpu = torch.get_num_threads() * forwards < usable_cores()
     return 2 if device.type != "cpu" or remote_inputs or spare_cpu else 0
 
 

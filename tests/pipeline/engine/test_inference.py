@@ -72,6 +72,48 @@ def test_reading_ahead_or_in_line_gives_the_same_bytes(scene, predictor):
         assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("forwards", [2, 3])
+def test_several_forwards_at_once_give_the_same_bytes(scene, predictor, forwards, tmp_path):
+    """Batches finish out of order on the pool; the blend still sums them in the global order."""
+    optical, sar = scene
+    one = stitch(optical, sar, predictor, block=128, prefetch=0)
+    many = stitch(optical, sar, predictor, block=128, prefetch=0, forwards=forwards)
+    ahead = stitch(optical, sar, predictor, block=200, prefetch=2, forwards=forwards)
+    for a, b, c in zip(one[:4], many[:4], ahead[:4], strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes() == np.asarray(c).tobytes()
+    shared, runs, _, grid = stitch_shared(
+        optical, sar, predictor, 128, tmp_path, workers=2, forwards=forwards
+    )
+    assert runs == grid.count and shared.tobytes() == one[0].tobytes()
+
+
+def test_a_stop_during_several_forwards_ends_the_block_and_its_threads(scene, predictor):
+    import threading
+
+    optical, sar = scene
+    grid = TileGrid(height=H, width=W, tile=64, overlap=16)
+    batches = []
+
+    def stop_after_two(n: int) -> None:
+        batches.append(n)
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_block(
+            grid,
+            PixelBox(0, H, 0, W),
+            array_reader(optical, sar),
+            predictor,
+            4,
+            prefetch=0,
+            on_batch=stop_after_two,
+            forwards=3,
+        )
+    assert len(batches) == 2
+    assert not [t for t in threading.enumerate() if t.name.startswith("m2cd-forward")]
+
+
 def test_flip_rotation_averaging_is_seam_free_and_block_size_independent(scene, predictor):
     """The test model is a symmetric box filter, so every view mapped back agrees with the plain
     forward: averaging may change rounding only, and stays byte-identical across block sizes."""
@@ -94,9 +136,10 @@ def test_auto_reads_ahead_only_where_the_reader_has_cpu_to_itself(monkeypatch):
     assert read_ahead_depth("auto", cuda, remote_inputs=False) == 2
     assert read_ahead_depth(3, cpu, remote_inputs=False) == 3  # an explicit depth is kept
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert read_ahead_depth("auto", cpu, remote_inputs=False) == (
-        2 if len(os.sched_getaffinity(0)) > 1 else 0
-    )
+    cores = len(os.sched_getaffinity(0))
+    assert read_ahead_depth("auto", cpu, remote_inputs=False) == (2 if cores > 1 else 0)
+    # one-thread forwards on every core (the CPU default): the reader reads in line
+    assert read_ahead_depth("auto", cpu, remote_inputs=False, forwards=cores) == 0
 
 
 def test_a_tile_gives_the_same_bytes_alone_or_in_a_full_batch(scene, predictor):
@@ -191,7 +234,9 @@ def test_a_failing_reader_raises_in_the_caller(predictor):
         predict_block(grid, PixelBox(0, 128, 0, 128), broken, predictor, 4)
 
 
-def stitch_shared(optical, sar, predictor, block, share_dir, order=None, workers=1, tile=64):
+def stitch_shared(
+    optical, sar, predictor, block, share_dir, order=None, workers=1, tile=64, forwards=1
+):
     """Like `stitch`, with blocks owning their tiles and sharing the straddling ones."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -205,7 +250,8 @@ def stitch_shared(optical, sar, predictor, block, share_dir, order=None, workers
     prob = np.full((h, w), -1.0, np.float32)
 
     def one(b):
-        return b, predict_block(grid, b.core, array_reader(optical, sar), predictor, 4, share=share)
+        read = array_reader(optical, sar)
+        return b, predict_block(grid, b.core, read, predictor, 4, share=share, forwards=forwards)
 
     with ThreadPoolExecutor(workers) as ex:
         outs = list(ex.map(one, blocks))

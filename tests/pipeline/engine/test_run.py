@@ -152,7 +152,6 @@ def test_nodata_strip_is_nodata_in_every_product(reference):
 def test_byte_identical_across_block_sizes_and_dask_workers(pair, reference, tmp_path):
     import dask
     import distributed  # before dask.config.set: see below
-    import torch
 
     from tests.fixtures.dask import two_worker_cluster
 
@@ -164,10 +163,9 @@ def test_byte_identical_across_block_sizes_and_dask_workers(pair, reference, tmp
         assert fingerprint(out) == expected, f"block {block}"
     out = tmp_path / "dask"
     plan = plan_run(request(*pair, out, **{"tiling.block": 128}))
-    # CPU kernels split reductions by intra-op thread count, so bits are reproducible for a given
-    # thread count: give the workers this process's (dask's nanny would force 1).
-    threads = str(torch.get_num_threads())
-    environ = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    # CPU kernels split reductions by intra-op thread count; every CPU forward of the engine runs
+    # on one thread, so workers started with another count (here 3) give the same bits.
+    environ = {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}
     # distributed is imported above: imported inside the `set`, its defaults land under a key the
     # `set` created, which it deletes on exit, and a later xarray compute in this process failed
     # with KeyError 'distributed' (dask.config.get("distributed.comm.timeouts.connect"))
@@ -193,9 +191,29 @@ def test_byte_identical_across_block_sizes_and_dask_workers(pair, reference, tmp
             for r in results
         }
     assert len(set(pids.values())) == 2  # both workers ran blocks
+    markers = [json.loads(Path(plan.marker_uri(b)).read_text()) for b in plan.blocks]
+    assert {m["torch_threads"] for m in markers} == {1}  # whatever the workers started with
     assert written is not None
     finalize_run(plan, written=written)
     assert fingerprint(out) == expected
+
+
+def test_bytes_do_not_depend_on_threads_forwards_or_block_workers(pair, reference, tmp_path):
+    import torch
+
+    ref_out, _ = reference
+    expected = fingerprint(ref_out)
+    before = torch.get_num_threads()
+    try:
+        for threads, forwards, workers in ((2, 1, 1), (1, 3, 1), (2, "auto", 2)):
+            torch.set_num_threads(threads)
+            out = tmp_path / f"t{threads}-f{forwards}-w{workers}"
+            overrides = {"tiling.block": 128, "inference.forwards": forwards}
+            detect(request(*pair, out, **overrides), progress=False, workers=workers)
+            assert fingerprint(out) == expected, (threads, forwards, workers)
+            assert torch.get_num_threads() == threads  # the caller's count comes back
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_failed_products_pass_keeps_the_blocks_and_can_be_deferred(
