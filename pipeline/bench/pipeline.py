@@ -15,7 +15,6 @@ import os
 import statistics
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import torch
 
 from pipeline.bench.machine import machine_info
 from pipeline.config import load_detect_config
-from pipeline.engine.cpu_forwards import concurrent_forwards, one_thread_forwards, set_one_thread
+from pipeline.engine.cpu_forwards import concurrent_forwards, forward_pool, one_thread_forwards
 from pipeline.engine.device import resolve_device
 from pipeline.engine.local import detect
 from pipeline.engine.models import load_model
@@ -63,12 +62,8 @@ def _forward_seconds(
     with one_thread_forwards(predictor.device):
         start = time.perf_counter()
         if forwards > 1:
-            with ThreadPoolExecutor(forwards, initializer=set_one_thread) as pool:
-                list(
-                    pool.map(
-                        lambda k: predictor(optical[k : k + batch], sar[k : k + batch]), starts
-                    )
-                )
+            pool = forward_pool(forwards)  # the engine's own threads
+            list(pool.map(lambda k: predictor(optical[k : k + batch], sar[k : k + batch]), starts))
         else:
             for k in starts:
                 predictor(optical[k : k + batch], sar[k : k + batch])

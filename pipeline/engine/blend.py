@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.engine.cpu_forwards import set_one_thread
+from pipeline.engine.cpu_forwards import forward_pool
 from pipeline.engine.pair import PairReader
 from pipeline.engine.read_ahead import read_ahead
 from pipeline.engine.stage_times import stage
@@ -237,9 +237,7 @@ def predict_block(
         if on_batch is not None:
             on_batch(len(batch.tiles) + taken)
 
-    pool = None
-    if forwards > 1:
-        pool = ThreadPoolExecutor(forwards, "m2cd-forward", initializer=set_one_thread)
+    pool = forward_pool(forwards) if forwards > 1 else None
     in_flight: deque[tuple[Batch, Future[np.ndarray] | None]] = deque()
     try:
         with share.running(me) if share is not None and me is not None else nullcontext():
@@ -256,9 +254,11 @@ def predict_block(
                 assert share is not None and me is not None
                 _resolve(awaited, share, me, grid, read_pair, batch_size, run, take, on_batch)
                 blend_ready()
-    finally:
-        if pool is not None:  # stopping: queued forwards dropped, running ones end their batch
-            pool.shutdown(wait=True, cancel_futures=True)
+    finally:  # stopping: queued forwards dropped, running ones end their batch before we return
+        futures = [f for _, f in in_flight if f is not None]
+        for f in futures:
+            f.cancel()
+        wait(futures)
     assert not queue and not ready, "every listed tile is blended"
     with stage("blend"):
         valid = core_valid & (acc_w > 0)

@@ -87,12 +87,25 @@ def test_several_forwards_at_once_give_the_same_bytes(scene, predictor, forwards
     assert runs == grid.count and shared.tobytes() == one[0].tobytes()
 
 
-def test_a_stop_during_several_forwards_ends_the_block_and_its_threads(scene, predictor):
+def test_a_stop_during_several_forwards_ends_the_block_and_its_forwards(scene, predictor):
     import threading
+    import time
 
     optical, sar = scene
     grid = TileGrid(height=H, width=W, tile=64, overlap=16)
-    batches = []
+    batches, running, calls = [], [0], [0]
+    lock = threading.Lock()
+
+    def slow(o, s):
+        with lock:
+            running[0] += 1
+            calls[0] += 1
+        time.sleep(0.05)
+        try:
+            return predictor(o, s)
+        finally:
+            with lock:
+                running[0] -= 1
 
     def stop_after_two(n: int) -> None:
         batches.append(n)
@@ -104,14 +117,16 @@ def test_a_stop_during_several_forwards_ends_the_block_and_its_threads(scene, pr
             grid,
             PixelBox(0, H, 0, W),
             array_reader(optical, sar),
-            predictor,
+            slow,
             4,
             prefetch=0,
             on_batch=stop_after_two,
             forwards=3,
         )
-    assert len(batches) == 2
-    assert not [t for t in threading.enumerate() if t.name.startswith("m2cd-forward")]
+    assert len(batches) == 2 and running[0] == 0  # nothing of the block still in the model
+    started = calls[0]
+    time.sleep(0.2)
+    assert calls[0] == started  # and nothing queued starts later
 
 
 def test_flip_rotation_averaging_is_seam_free_and_block_size_independent(scene, predictor):
