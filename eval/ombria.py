@@ -15,6 +15,7 @@ both with the sign, filter size (1/3/5/7) and threshold that maximise train F1.
     python -m eval.ombria baselines
     python -m eval.ombria model --checkpoint m2cd/weights/<name> [--tta] [--threshold T]
     python -m eval.ombria ablation --steps 500 --backbone mit_b0 --seed 0 --out runs/ablation
+    python -m eval.ombria soup --weights A.safetensors --weights B.safetensors --out runs/soup
 """
 
 from __future__ import annotations
@@ -183,6 +184,50 @@ def model(
     typer.echo(text)
     if out:
         out.write_text(text + "\n")
+
+
+@app.command()
+def soup(
+    weights: Annotated[
+        list[Path], typer.Option(help="Weights files of one architecture (repeat); averaged.")
+    ],
+    out: Annotated[Path, typer.Option(help="Where the averaged checkpoint is written.")],
+    like: Annotated[Path, typer.Option(help="Checkpoint whose config the soup takes.")] = Path(
+        "m2cd/weights/ombria_mit_b0"
+    ),
+    threshold: Annotated[list[float], typer.Option(help="Thresholds to score.")] = [  # noqa: B006
+        0.4,
+        0.45,
+        0.5,
+        0.55,
+        0.6,
+    ],
+) -> None:
+    """A uniform weight average ("model soup") of checkpoints fine-tuned from one start, scored
+    on the *validation* chips of the shipped recipe only (the test split is for what is kept)."""
+    import torch
+    from safetensors.torch import load_file
+
+    import m2cd
+    from m2cd.checkpoint import save_checkpoint
+    from pipeline.training.data import load_areas
+    from pipeline.training.trainer import recipe_channels
+
+    states = [load_file(str(w)) for w in weights]
+    average = {
+        k: sum(s[k].float() for s in states) / len(states)
+        if states[0][k].is_floating_point()
+        else states[0][k]
+        for k in states[0]
+    }
+    net = m2cd.load_checkpoint(like)
+    net.load_state_dict(average)
+    save_checkpoint(net, out, {"soup_of": [str(w) for w in weights]}, dtype=torch.float16)
+    cfg = load_train_config("ombria", {"progress": False})
+    _, val = load_areas(cfg.data, cfg.detect, recipe_channels(cfg))
+    probs = predict_areas(out, val, tta=False)
+    f1 = {t: scores([(p >= t).astype(np.uint8) for p in probs], val)["f1"] for t in threshold}
+    typer.echo(json.dumps({"soup_of": [str(w) for w in weights], "val_chips": len(val), "f1": f1}))
 
 
 def routing_figure(shares: list[dict[str, Any]], path: Path) -> None:
