@@ -141,31 +141,16 @@ class InferenceConfig(ConfigSection):
         description="Average the change probability over the 8 flips/rotations of each tile "
         "(8× the model time; EVALUATION.md measures what it buys).",
     )
-    prefetch: int | Literal["auto"] = Field(
+    prefetch: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         default="auto",
         description="Batches the reader runs ahead of compute; auto: 2 where it has spare CPU "
         "(a GPU run, s3:// inputs, or fewer model threads than cores), else 0.",
     )
-
-    forwards: int | Literal["auto"] = Field(
+    forwards: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto",
         description="Batches each block keeps in the model at once; auto: on a CPU one per core "
         "(shared among the blocks running together), each forward on one thread; on a GPU 1.",
     )
-
-    @field_validator("prefetch")
-    @classmethod
-    def _prefetch_not_negative(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 0:
-            raise ValueError("prefetch must be 'auto' or an integer ≥ 0")
-        return value
-
-    @field_validator("forwards")
-    @classmethod
-    def _forwards_positive(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("forwards must be 'auto' or an integer ≥ 1")
-        return value
 
 
 class ProductConfig(ConfigSection):
