@@ -4,9 +4,10 @@ Both are measured in the same process and run, on the same tiles, with the same 
 batch size, device and precision. The baseline is the model alone on tiles already normalised in
 memory (fixed-shape batches and as many batches in the model at once, like the engine); the
 end-to-end figure is `pipeline.engine.local.detect` (plan, reads and normalisation, blending, Zarr
-writes, finalize with COGs, polygons, STAC, quicklook) on a fresh output prefix. `efficiency` = end-to-end tiles/s ÷ forward
-tiles/s, so 1.0 means the engine adds nothing to the model's own time: the median over repeats of
-each detect against the mean of the two forward passes either side of it.
+writes, finalize with COGs, polygons, STAC, quicklook) on a fresh output prefix. `efficiency` =
+end-to-end tiles/s ÷ forward tiles/s, so 1.0 means the engine adds nothing to the model's own
+time: the median over repeats of each detect against the mean of the two forward passes either
+side of it.
 """
 
 from __future__ import annotations

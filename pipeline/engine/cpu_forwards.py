@@ -2,9 +2,10 @@
 
 One forward on every core (torch's intra-op threads) stalls at each operator's thread barrier
 whenever the reader, the blend or the products pass takes a core for a moment; forwards of one
-thread each never wait for one another. Measured on the 2-core dev machine (MiT-b0 bf16, 4096²
-synthetic scene, 3 alternating rounds): 2 one-thread forwards at once ran the scene in 20.0 s
-against 21.65 s for one forward on two threads, and the null-model engine in 3.5 s against 4.3 s.
+thread each never wait for one another. Measured on the 2-core Xeon (MiT-b0 bf16, 4096² synthetic
+scene, BENCHMARKS.md): the model alone 11.13 s as 2 one-thread forwards at once against 12.58 s
+one batch at a time on two threads; a whole detect, 4 alternating rounds against the engine before
+this module, median 21.1 s against 23.7 s.
 
 Bits: CPU kernels split their reductions by the intra-op thread count, so a forward's output
 depends on it. Every CPU forward of the engine runs on exactly one thread, so the products are
