@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -141,16 +142,24 @@ class InferenceConfig(ConfigSection):
         description="Average the change probability over the 8 flips/rotations of each tile "
         "(8× the model time; EVALUATION.md measures what it buys).",
     )
-    prefetch: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+    prefetch: int | Literal["auto"] = Field(
         default="auto",
         description="Batches the reader runs ahead of compute; auto: 2 where it has spare CPU "
         "(a GPU run, s3:// inputs, or fewer model threads than cores), else 0.",
     )
-    forwards: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+    forwards: int | Literal["auto"] = Field(
         default="auto",
         description="Batches each block keeps in the model at once; auto: on a CPU one per core "
         "(shared among the blocks running together), each forward on one thread; on a GPU 1.",
     )
+
+    @field_validator("prefetch", "forwards")
+    @classmethod
+    def _auto_or_at_least(cls, value: int | str, info: ValidationInfo) -> int | str:
+        least = {"prefetch": 0, "forwards": 1}[info.field_name or ""]
+        if isinstance(value, int) and value < least:
+            raise ValueError(f"{info.field_name} must be 'auto' or an integer ≥ {least}")
+        return value
 
 
 class ProductConfig(ConfigSection):

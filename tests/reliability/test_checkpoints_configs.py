@@ -141,6 +141,7 @@ def test_checkpoint_metadata_is_json_only(checkpoint, pair, tmp_path, capsys):
         ("tiling.overlap=300", ("tiling", "overlap (300) must be smaller than tile")),
         ("products.threshold=1.5", ("products.threshold", "less than 1")),
         ("inference.prefetch=-1", ("inference.prefetch", "'auto' or an integer ≥ 0")),
+        ("inference.forwards=0", ("inference.forwards", "'auto' or an integer ≥ 1")),
         ("sar.units=decibel", ("sar.units", "'auto', 'linear', 'amplitude' or 'db'")),
     ],
 )
